@@ -1,0 +1,178 @@
+"""The filter contract: Filter, the per-request context, and the chain that runs them.
+
+A filter is a small hook-shaped class (mitmproxy's addon shape): it implements
+``on_request(ctx)`` and/or ``on_response(ctx)``. Returning ``None`` continues;
+returning or raising a :class:`ProxyError` stops the chain and the client gets
+the codec's error reply. Filters may block (gevent): only their request waits.
+
+One Filter instance serves every request of its listener; per-request state
+belongs in ``ctx.scratch``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+from metaproxy.codec import _load
+from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError
+
+__all__ = ["Filter", "FilterEnv", "FilterChain", "RequestContext", "load_filter_class"]
+
+
+@dataclass
+class FilterEnv:
+    """What a filter may know about where it runs, handed to it at construction.
+
+    ``services`` carries framework objects by name (``clusters``, ``stats``,
+    ``routes``...) without chain.py having to import their modules.
+    """
+
+    listener: str = ""
+    protocol: str = ""
+    base_dir: str = "."
+    path: str = ""  # config key path of this filter, for error messages
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+class Filter:
+    """Base class of every L7 filter (Python, and the hosts of Lua and WASM ones)."""
+
+    #: Name used in config (``filters: [{name: NAME, ...}]``).
+    name: ClassVar[str] = ""
+
+    def __init__(self, options: Mapping[str, Any], env: FilterEnv) -> None:
+        """Validate ``options`` here; raise ValueError("key: problem") to refuse them."""
+        self.options = options
+        self.env = env
+
+    def on_request(self, ctx: "RequestContext") -> ProxyError | None:
+        return None
+
+    def on_response(self, ctx: "RequestContext") -> None:
+        return None
+
+    def close(self) -> None:
+        """Release what the filter holds (threads, watchers) when its listener goes away."""
+
+
+class RequestContext:
+    """Everything about one request on its way through the proxy.
+
+    Slots, not a dict: it is made once per request on the hot path.
+    """
+
+    __slots__ = (
+        "metadata",
+        "mutation",
+        "response_metadata",
+        "response_mutation",
+        "listener",
+        "protocol",
+        "downstream_address",
+        "peer_identity",
+        "routes",
+        "route",
+        "cluster_name",
+        "upstream_host",
+        "error",
+        "response_flags",
+        "scratch",
+        "start_time",
+        "attempts",
+        "bytes_received",
+        "bytes_sent",
+        "trace",
+    )
+
+    def __init__(self, metadata: Metadata, listener: str = "", protocol: str = "") -> None:
+        self.metadata = metadata
+        self.mutation = Mutation()
+        self.response_metadata: Metadata | None = None
+        self.response_mutation = Mutation()
+        self.listener = listener
+        self.protocol = protocol
+        self.downstream_address: str = ""
+        self.peer_identity: str = ""
+        #: The route table this request started with (a reload never changes it mid-flight).
+        self.routes: Any = None
+        self.route: Any = None
+        self.cluster_name: str = ""
+        self.upstream_host: str = ""
+        self.error: ProxyError | None = None
+        self.response_flags: str = ""
+        #: Per-request table shared by a filter's request and response hooks.
+        self.scratch: dict[str, Any] = {}
+        self.start_time = time.monotonic()
+        self.attempts = 0
+        self.bytes_received = len(metadata.frame)
+        self.bytes_sent = 0
+        self.trace: Any = None
+
+    @property
+    def route_name(self) -> str:
+        return getattr(self.route, "name", "") or ""
+
+    def local_reply(self, kind: ErrorType, message: str = "") -> ProxyError:
+        """Make the error a filter returns to answer the client itself."""
+        return ProxyError(kind, message)
+
+
+class FilterChain:
+    """Filters in config order: requests run forward, responses in reverse.
+
+    ``run_request`` returns the ProxyError that stopped the chain, or None.
+    ``on_response`` hooks run only when an upstream response arrived, and only
+    for filters whose ``on_request`` ran.
+    """
+
+    __slots__ = ("filters", "_request_hooks", "_response_hooks")
+
+    def __init__(self, filters: Sequence[Filter]) -> None:
+        self.filters = list(filters)
+        # Skip the base-class no-ops on the hot path.
+        self._request_hooks: list[Callable[[RequestContext], Any]] = [
+            f.on_request for f in self.filters if type(f).on_request is not Filter.on_request
+        ]
+        self._response_hooks: list[tuple[int, Callable[[RequestContext], Any]]] = [
+            (i, f.on_response)
+            for i, f in enumerate(self.filters)
+            if type(f).on_response is not Filter.on_response
+        ]
+
+    def run_request(self, ctx: RequestContext) -> ProxyError | None:
+        try:
+            for hook in self._request_hooks:
+                result = hook(ctx)
+                if result is not None:
+                    ctx.error = result
+                    return result
+        except ProxyError as err:
+            ctx.error = err
+            return err
+        return None
+
+    def run_response(self, ctx: RequestContext) -> None:
+        for _index, hook in reversed(self._response_hooks):
+            hook(ctx)
+
+    def close(self) -> None:
+        for f in self.filters:
+            f.close()
+
+
+_BUILTIN_FILTERS = {
+    "router": "metaproxy.filters.router:RouterFilter",
+    "lua": "metaproxy.lua.filter:LuaFilter",
+    "wasm": "metaproxy.wasm.filter:WasmFilter",
+    "local_ratelimit": "metaproxy.filters.local_ratelimit:LocalRateLimitFilter",
+    "ratelimit": "metaproxy.filters.ratelimit:RateLimitFilter",
+    "fault": "metaproxy.filters.fault:FaultFilter",
+    "rbac": "metaproxy.filters.rbac:RbacFilter",
+}
+
+
+def load_filter_class(spec: str) -> type[Filter]:
+    """Find a filter by entry-point name (group ``metaproxy.filters``) or ``module:Class``."""
+    return _load(spec, "metaproxy.filters", _BUILTIN_FILTERS, Filter)  # type: ignore[return-value]

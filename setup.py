@@ -1,0 +1,59 @@
+"""metaproxy: a layer-7 proxy framework for RPC protocols (Dubbo, Thrift, Redis, private ones)."""
+
+from setuptools import find_packages, setup
+
+codec_packages = ["metaproxy_codecs"] + [
+    "metaproxy_codecs." + name for name in find_packages("codecs")
+]
+
+setup(
+    name="metaproxy",
+    version="0.1.0",
+    description="Layer-7 proxy framework for RPC protocols, on gevent",
+    python_requires=">=3.11",
+    packages=find_packages(include=["metaproxy", "metaproxy.*"]) + codec_packages,
+    package_dir={"metaproxy_codecs": "codecs"},
+    package_data={"metaproxy": ["py.typed"], "metaproxy_codecs": ["*/*.thrift", "*/templates/*"]},
+    install_requires=[
+        "gevent>=24",
+        "PyYAML>=6",
+        "lupa>=2.0",
+        "wasmtime>=20",
+        "grpcio>=1.60",
+        "xds-protos>=1.60",
+        "protobuf>=4",
+        "prometheus-client>=0.19",
+        "opentelemetry-api>=1.20",
+        "opentelemetry-sdk>=1.20",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6",
+            "thrift>=0.16",
+            "thriftpy2>=0.4.17",
+            "dubbo-ssl-python>=0.9",
+            "redis>=5",
+            "ruff>=0.4",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["metaproxy = metaproxy.cli:main"],
+        "metaproxy.codecs": [
+            "tinyrpc = metaproxy_codecs.tinyrpc:TinyRpcCodec",
+            "thrift = metaproxy_codecs.thrift:ThriftCodec",
+            "dubbo = metaproxy_codecs.dubbo:DubboCodec",
+            "redis = metaproxy_codecs.redis:RedisCodec",
+        ],
+        "metaproxy.filters": [
+            "router = metaproxy.filters.router:RouterFilter",
+            "lua = metaproxy.lua.filter:LuaFilter",
+            "wasm = metaproxy.wasm.filter:WasmFilter",
+            "local_ratelimit = metaproxy.filters.local_ratelimit:LocalRateLimitFilter",
+            "ratelimit = metaproxy.filters.ratelimit:RateLimitFilter",
+            "fault = metaproxy.filters.fault:FaultFilter",
+            "rbac = metaproxy.filters.rbac:RbacFilter",
+        ],
+    },
+)
