@@ -1,0 +1,33 @@
+"""Hooks for what watches requests without changing them: access logs, tracing.
+
+Observers are not filters: they see every request, including the ones a
+filter or the router answered locally, and they cannot stop one. The server
+calls ``request_start`` and ``request_end``; the router calls the
+``upstream_*`` pair around each try (so a tracer can make a client span per
+try and inject its context into ``ctx.mutation``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metaproxy.chain import RequestContext
+from metaproxy.message import ProxyError
+
+
+class RequestObserver:
+    def request_start(self, ctx: RequestContext) -> None:
+        pass
+
+    def upstream_start(self, ctx: RequestContext, cluster: str, host: str) -> Any:
+        """Return a token handed back to ``upstream_end`` (e.g. a span)."""
+        return None
+
+    def upstream_end(self, ctx: RequestContext, token: Any, error: ProxyError | None) -> None:
+        pass
+
+    def request_end(self, ctx: RequestContext) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,380 @@
+"""Listeners and downstream connections: where bytes become requests and replies.
+
+One reader greenlet per downstream connection reads with ``recv_into`` into a
+reused buffer and lets the codec decode. Requests of a multiplexing protocol
+each get a greenlet (they wait on upstreams concurrently); requests of an
+ordered protocol are served on the reader greenlet, one after the other, so
+responses keep their order. Every failure becomes a protocol-level reply made
+by ``codec.on_error``; a decode error closes only the connection that sent it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from typing import Any
+
+import gevent
+from gevent.lock import Semaphore
+from gevent.server import StreamServer
+
+from metaproxy.chain import FilterChain, FilterEnv, RequestContext, load_filter_class
+from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction
+from metaproxy.config import ListenerConfig
+from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
+from metaproxy.observer import RequestObserver
+from metaproxy.router import RouteHolder
+from metaproxy.stats import ListenerStats, StatsStore
+from metaproxy.upstream.cluster import ClusterManager
+
+log = logging.getLogger("metaproxy.server")
+
+_READ_SIZE = 65536
+
+
+def build_chain(config: ListenerConfig, env_base: FilterEnv) -> FilterChain:
+    """Instantiate the listener's filters; ValueError names the filter's config path."""
+    filters = []
+    for fc in config.filters:
+        try:
+            cls = load_filter_class(fc.name)
+        except LookupError as exc:
+            raise ValueError(f"{fc.path}.name: {exc}") from None
+        env = FilterEnv(listener=config.name, protocol=config.protocol.name, base_dir=env_base.base_dir,
+                        path=fc.path, services=env_base.services)
+        try:
+            filters.append(cls(fc.options, env))
+        except ValueError as exc:
+            for f in filters:
+                f.close()
+            raise ValueError(f"{fc.path}.{exc}") from None
+    return FilterChain(filters)
+
+
+class Listener:
+    """One listening socket, its codec, filter chain and route table."""
+
+    def __init__(self, config: ListenerConfig, clusters: ClusterManager, stats: StatsStore, base_dir: str = ".",
+                 observers: list[RequestObserver] | None = None, reuse_port: bool = False) -> None:
+        self.config = config
+        self.name = config.name
+        self.protocol = config.protocol.name
+        self.codec_class: type[Codec] = config.protocol.codec_class
+        self.codec_options = config.protocol.options
+        self.stats = ListenerStats(stats, config.name)
+        self.clusters = clusters
+        self.observers = list(observers or [])
+        self.routes = RouteHolder(config.route_config)
+        self.reuse_port = reuse_port
+        self.connections: set[DownstreamConnection] = set()
+        self.draining = False
+        probe = self.new_codec(Direction.REQUEST)
+        self.multiplexing = bool(getattr(probe, "multiplexing", True))
+        services: dict[str, Any] = {
+            "clusters": clusters,
+            "stats": stats,
+            "listener_stats": self.stats,
+            "routes": self.routes,
+            "observers": self.observers,
+            "protocol_key": f"{config.protocol.codec}:{sorted(self.codec_options.items())!r}",
+            "upstream_codec_factory": lambda: self.new_codec(Direction.RESPONSE),
+            "multiplexing": self.multiplexing,
+        }
+        self.chain = build_chain(config, FilterEnv(config.name, self.protocol, base_dir, "", services))
+        self.server: StreamServer | None = None
+        self.ssl_context = _server_ssl_context(config) if config.tls else None
+        if config.route_config is not None:
+            for route in config.route_config.routes:
+                for cname in route.cluster_names():
+                    if clusters.get(cname) is None:
+                        log.warning("listener %s: route %r names unknown cluster %r (requests to it get "
+                                    "cluster_not_found)", self.name, route.name, cname)
+
+    def new_codec(self, direction: Direction) -> Codec:
+        return self.codec_class(self.codec_options, direction, self.config.max_message_bytes)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.config.address[0] else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(self.config.address)
+        sock.listen(self.config.backlog)
+        sock.setblocking(False)
+        self.server = StreamServer(sock, self._accept)
+        self.server.start()
+        log.info("listener %s (%s) on %s:%d", self.name, self.protocol, *self.server.address[:2])
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        return self.server.address[:2]
+
+    def stop_accepting(self) -> None:
+        self.draining = True
+        if self.server is not None:
+            self.server.close()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop accepting, close idle connections, wait for requests in flight. True if all finished."""
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for conn in list(self.connections):
+                if conn.active == 0:
+                    conn.close()
+            if not self.connections:
+                return True
+            gevent.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.stop_accepting()
+        for conn in list(self.connections):
+            conn.close()
+        self.chain.close()
+
+    def _accept(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        stats = self.stats
+        if len(self.connections) >= self.config.max_connections or self.draining:
+            stats.cx_overflow.inc()
+            sock.close()
+            return
+        if self.ssl_context is not None:
+            try:
+                sock.settimeout(10.0)
+                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+                sock.settimeout(None)
+            except (ssl.SSLError, OSError) as exc:
+                log.info("TLS handshake from %s:%d failed: %s", address[0], address[1], exc)
+                sock.close()
+                return
+        conn = DownstreamConnection(self, sock, address)
+        self.connections.add(conn)
+        stats.cx_total.inc()
+        stats.cx_active.inc()
+        try:
+            conn.run()
+        finally:
+            self.connections.discard(conn)
+            stats.cx_active.dec()
+
+
+def _server_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
+    tls = config.tls
+    assert tls is not None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.ca_file:
+        ctx.load_verify_locations(tls.ca_file)
+    if tls.require_client_certificate:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def peer_identity(sock: socket.socket) -> str:
+    """The client certificate's URI SAN (SPIFFE id) or subject CN, when the connection has one."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return ""
+    cert = sock.getpeercert()
+    if not cert:
+        return ""
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "URI":
+            return value
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
+    return ""
+
+
+class DownstreamConnection:
+    """One client connection: a reader loop, requests in flight, and a write lock."""
+
+    def __init__(self, listener: Listener, sock: socket.socket, address: tuple[str, int]) -> None:
+        self.listener = listener
+        self.sock = sock
+        self.peer = f"{address[0]}:{address[1]}" if address else ""
+        self.identity = peer_identity(sock)
+        self.codec = listener.new_codec(Direction.REQUEST)
+        self.active = 0
+        self.closed = False
+        self._write_lock = Semaphore()
+        self._slots = Semaphore(listener.config.max_requests_per_connection)
+        self._greenlets: set[gevent.Greenlet] = set()
+        if not isinstance(sock, ssl.SSLSocket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def run(self) -> None:
+        listener = self.listener
+        stats = listener.stats
+        codec = self.codec
+        sock = self.sock
+        max_bytes = listener.config.max_message_bytes
+        buffer = bytearray()
+        scratch = bytearray(_READ_SIZE)
+        view = memoryview(scratch)
+        spawn = listener.multiplexing
+        sock.settimeout(listener.config.idle_timeout)
+        try:
+            while not self.closed:
+                try:
+                    n = sock.recv_into(scratch)
+                except socket.timeout:
+                    if self.active:
+                        continue
+                    stats.cx_idle_timeout.inc()
+                    return
+                if not n:
+                    if self.active:
+                        stats.cx_destroy_remote_with_active_rq.inc()
+                    return
+                buffer += view[:n]
+                while buffer:
+                    md = Metadata()
+                    try:
+                        status = codec.decode(buffer, md)
+                    except CodecError as exc:
+                        self._decode_failed(md, exc)
+                        return
+                    if status is not DecodeStatus.DONE:
+                        if len(buffer) > max_bytes:
+                            self._decode_failed(md, CodecError(
+                                f"incomplete message already {len(buffer)} bytes, over max_message_bytes"))
+                            return
+                        break
+                    stats.request_decoding_success.inc()
+                    if md.get("message_type") is MessageType.HEARTBEAT:
+                        stats.request_heartbeat.inc()
+                        out = bytearray()
+                        codec.heartbeat_reply(md, out)
+                        if out:
+                            self.send(out)
+                        continue
+                    if spawn:
+                        self._slots.acquire()  # backpressure: stop reading at max requests in flight
+                        g = gevent.spawn(self._serve_slot, md)
+                        self._greenlets.add(g)
+                    else:
+                        self.serve(md)
+        except OSError as exc:
+            log.debug("connection from %s: %s", self.peer, exc)
+        finally:
+            self.close()
+
+    def _decode_failed(self, md: Metadata, exc: CodecError) -> None:
+        stats = self.listener.stats
+        stats.request_decoding_error.inc()
+        log.warning("listener %s: bad request bytes from %s: %s; closing the connection",
+                    self.listener.name, self.peer, exc)
+        if "request_id" in md:
+            out = bytearray()
+            try:
+                self.codec.on_error(md, ProxyError(ErrorType.UNSPECIFIED, f"malformed request: {exc}"), out)
+            except Exception:  # the message was malformed: a reply may be impossible
+                out = bytearray()
+            if out:
+                try:
+                    self.send(out)
+                except OSError:
+                    pass
+
+    def _serve_slot(self, md: Metadata) -> None:
+        try:
+            self.serve(md)
+        finally:
+            self._slots.release()
+            self._greenlets.discard(gevent.getcurrent())
+
+    def serve(self, md: Metadata) -> None:
+        """Run one request through the chain and write its reply (if it has one)."""
+        listener = self.listener
+        stats = listener.stats
+        stats.request.inc()
+        stats.request_active.inc()
+        self.active += 1
+        ctx = RequestContext(md, listener.name, listener.protocol)
+        ctx.downstream_address = self.peer
+        ctx.peer_identity = self.identity
+        ctx.routes = listener.routes.current
+        oneway = md.get("message_type") is MessageType.ONEWAY
+        if oneway:
+            stats.request_oneway.inc()
+        downstream_id = md.get("request_id")
+        observers = listener.observers
+        for obs in observers:
+            obs.request_start(ctx)
+        out = bytearray()
+        try:
+            error = listener.chain.run_request(ctx)
+            response = ctx.response_metadata
+            if error is None and response is not None:
+                try:
+                    listener.chain.run_response(ctx)
+                except ProxyError as err:
+                    error = ctx.error = err
+            if error is not None:
+                stats.local_response_error[error.kind].inc()
+                ctx.response_flags = error.flags
+                if not oneway:
+                    md["request_id"] = downstream_id
+                    self.codec.on_error(md, error, out)
+            elif response is not None:
+                if response.get("response_status") is ResponseStatus.ERROR:
+                    stats.response_error.inc()
+                else:
+                    stats.response_success.inc()
+                response["request_id"] = downstream_id
+                self.codec.encode(response, ctx.response_mutation, out)
+        except Exception as exc:  # a filter bug must fail its request only
+            log.exception("listener %s: request failed", listener.name)
+            error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, f"internal error: {type(exc).__name__}")
+            stats.local_response_error[ErrorType.UNSPECIFIED].inc()
+            out = bytearray()
+            if not oneway:
+                md["request_id"] = downstream_id
+                try:
+                    self.codec.on_error(md, error, out)
+                except Exception:
+                    log.exception("codec on_error failed")
+                    out = bytearray()
+        finally:
+            self.active -= 1
+            stats.request_active.dec()
+        elapsed_ms = (time.monotonic() - ctx.start_time) * 1000.0
+        stats.request_time_ms.observe(elapsed_ms)
+        counter, histogram = stats.method(md.get("method") or "")
+        counter.inc()
+        histogram.observe(elapsed_ms)
+        if self.codec.mutations_dropped:
+            stats.mutation_dropped.inc(self.codec.mutations_dropped)
+            self.codec.mutations_dropped = 0
+        if out and not self.closed:
+            ctx.bytes_sent = len(out)
+            try:
+                self.send(out)
+            except OSError as exc:
+                log.debug("write to %s failed: %s", self.peer, exc)
+                self.close()
+        for obs in observers:
+            obs.request_end(ctx)
+
+    def send(self, data: bytes | bytearray) -> None:
+        with self._write_lock:
+            self.sock.sendall(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.active:
+            self.listener.stats.cx_destroy_local_with_active_rq.inc()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+

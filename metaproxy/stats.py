@@ -1,0 +1,205 @@
+"""Counters, gauges and histograms that cost one attribute increment on the hot path.
+
+Stat objects are created when a listener or cluster is built, kept as
+attributes of small per-scope classes (:class:`ListenerStats`,
+:class:`ClusterStats`), and only incremented per request: no lock (gevent has
+one thread), no string formatting, no dict lookups by name. Exposition
+(Envoy text, Prometheus) walks the :class:`StatsStore` when asked.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Iterator
+
+#: Latency bucket bounds in milliseconds (Envoy's default histogram buckets).
+DEFAULT_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+
+
+class Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class Gauge:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def dec(self, amount: int = 1) -> None:
+        self.value -= amount
+
+    def set(self, value: int) -> None:
+        self.value = value
+
+
+class Histogram:
+    """Cumulative-free bucket counts plus sum and count; quantiles estimated on read."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple[float, ...] = DEFAULT_BUCKETS_MS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def quantile(self, q: float) -> float:
+        """The upper bound of the bucket holding quantile ``q`` (0 when empty)."""
+        if not self.count:
+            return 0.0
+        target = q * self.count
+        seen = 0
+        for index, n in enumerate(self.counts):
+            seen += n
+            if seen >= target:
+                return self.bounds[index] if index < len(self.bounds) else float("inf")
+        return float("inf")
+
+
+Stat = Counter | Gauge | Histogram
+
+
+class StatsStore:
+    """Every stat of one process, by (scope, name). Scopes look like ``metaprotocol.LISTENER``."""
+
+    def __init__(self) -> None:
+        self._stats: dict[tuple[str, str], Stat] = {}
+
+    def _get(self, scope: str, name: str, kind: type) -> Stat:
+        key = (scope, name)
+        stat = self._stats.get(key)
+        if stat is None:
+            stat = kind()
+            self._stats[key] = stat
+        elif not isinstance(stat, kind):
+            raise TypeError(f"{scope}.{name} is a {type(stat).__name__}, not a {kind.__name__}")
+        return stat
+
+    def counter(self, scope: str, name: str) -> Counter:
+        return self._get(scope, name, Counter)  # type: ignore[return-value]
+
+    def gauge(self, scope: str, name: str) -> Gauge:
+        return self._get(scope, name, Gauge)  # type: ignore[return-value]
+
+    def histogram(self, scope: str, name: str) -> Histogram:
+        return self._get(scope, name, Histogram)  # type: ignore[return-value]
+
+    def items(self) -> Iterator[tuple[str, str, Stat]]:
+        for (scope, name), stat in sorted(self._stats.items(), key=lambda kv: kv[0]):
+            yield scope, name, stat
+
+    def value(self, scope: str, name: str) -> float:
+        stat = self._stats.get((scope, name))
+        if stat is None:
+            return 0
+        return stat.count if isinstance(stat, Histogram) else stat.value
+
+    def text(self) -> str:
+        """Envoy's ``/stats`` text form: ``scope.name: value``, histograms as P50/P99."""
+        lines = []
+        for scope, name, stat in self.items():
+            if isinstance(stat, Histogram):
+                lines.append(f"{scope}.{name}: count={stat.count} sum={stat.sum:.3f} "
+                             f"P50={stat.quantile(0.5)} P99={stat.quantile(0.99)}")
+            else:
+                lines.append(f"{scope}.{name}: {stat.value}")
+        return "\n".join(lines) + "\n"
+
+
+class ListenerStats:
+    """Per-listener stats, named as MetaProtocol/Envoy name them (docs/stats.md)."""
+
+    def __init__(self, store: StatsStore, listener: str, max_methods: int = 64) -> None:
+        scope = f"metaprotocol.{listener}"
+        self.store = store
+        self.scope = scope
+        c, g = store.counter, store.gauge
+        self.request = c(scope, "request")
+        self.request_decoding_success = c(scope, "request_decoding_success")
+        self.request_decoding_error = c(scope, "request_decoding_error")
+        self.request_oneway = c(scope, "request_oneway")
+        self.request_heartbeat = c(scope, "request_heartbeat")
+        self.request_active = g(scope, "request_active")
+        self.response_success = c(scope, "response_success")
+        self.response_error = c(scope, "response_error")
+        self.response_decoding_error = c(scope, "response_decoding_error")
+        self.cx_active = g(scope, "cx_active")
+        self.cx_total = c(scope, "cx_total")
+        self.cx_overflow = c(scope, "cx_overflow")
+        self.cx_idle_timeout = c(scope, "cx_idle_timeout")
+        self.cx_destroy_local_with_active_rq = c(scope, "cx_destroy_local_with_active_rq")
+        self.cx_destroy_remote_with_active_rq = c(scope, "cx_destroy_remote_with_active_rq")
+        self.mutation_dropped = c(scope, "mutation_dropped")
+        self.no_route = c(scope, "no_route")
+        self.request_time_ms = store.histogram(scope, "request_time_ms")
+        self.local_response_error = {}
+        from metaproxy.message import ErrorType  # local: keep stats.py free of framework imports at load
+
+        for kind in ErrorType:
+            self.local_response_error[kind] = c(scope, f"local_response_error.{kind.value}")
+        self._max_methods = max_methods
+        self._methods: dict[str, tuple[Counter, Histogram]] = {}
+
+    def method(self, name: str) -> tuple[Counter, Histogram]:
+        """Request counter and latency histogram of one method; bounded cardinality (others -> ``_other``)."""
+        found = self._methods.get(name)
+        if found is None:
+            if len(self._methods) >= self._max_methods:
+                name = "_other"
+                found = self._methods.get(name)
+            if found is None:
+                found = (self.store.counter(f"{self.scope}.method.{name}", "request"),
+                         self.store.histogram(f"{self.scope}.method.{name}", "request_time_ms"))
+                self._methods[name] = found
+        return found
+
+    def route_request(self, route: str) -> Counter:
+        return self.store.counter(f"{self.scope}.route.{route}", "request")
+
+
+class ClusterStats:
+    def __init__(self, store: StatsStore, cluster: str) -> None:
+        scope = f"cluster.{cluster}"
+        c, g = store.counter, store.gauge
+        self.upstream_rq = c(scope, "upstream_rq")
+        self.upstream_rq_success = c(scope, "upstream_rq_success")
+        self.upstream_rq_error = c(scope, "upstream_rq_error")
+        self.upstream_rq_active = g(scope, "upstream_rq_active")
+        self.upstream_rq_timeout = c(scope, "upstream_rq_timeout")
+        self.upstream_rq_per_try_timeout = c(scope, "upstream_rq_per_try_timeout")
+        self.upstream_rq_retry = c(scope, "upstream_rq_retry")
+        self.upstream_rq_retry_success = c(scope, "upstream_rq_retry_success")
+        self.upstream_rq_retry_overflow = c(scope, "upstream_rq_retry_overflow")
+        self.upstream_rq_pending_overflow = c(scope, "upstream_rq_pending_overflow")
+        self.upstream_rq_time_ms = store.histogram(scope, "upstream_rq_time_ms")
+        self.upstream_cx_total = c(scope, "upstream_cx_total")
+        self.upstream_cx_active = g(scope, "upstream_cx_active")
+        self.upstream_cx_connect_fail = c(scope, "upstream_cx_connect_fail")
+        self.upstream_cx_connect_timeout = c(scope, "upstream_cx_connect_timeout")
+        self.upstream_cx_destroy_with_active_rq = c(scope, "upstream_cx_destroy_with_active_rq")
+        self.upstream_cx_overflow = c(scope, "upstream_cx_overflow")
+        self.upstream_rq_decoding_error = c(scope, "upstream_rq_decoding_error")
+        self.upstream_rq_unknown_id = c(scope, "upstream_rq_unknown_id")
+        self.membership_healthy = g(scope, "membership_healthy")
+        self.membership_total = g(scope, "membership_total")
+        self.outlier_detection_ejections = c(scope, "outlier_detection.ejections_total")
+        self.health_check_failure = c(scope, "health_check.failure")
+        self.health_check_success = c(scope, "health_check.success")
+        self.mutation_dropped = c(scope, "mutation_dropped")
+        self.mirror_requests = c(scope, "mirror_rq")
+        self.mirror_dropped = c(scope, "mirror_rq_dropped")

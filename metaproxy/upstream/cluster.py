@@ -1,0 +1,106 @@
+"""Clusters: a named set of endpoints, a balancer, pools, and the limits around them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Iterable
+
+from metaproxy.codec import Codec
+from metaproxy.config import ClusterConfig
+from metaproxy.message import ErrorType, Metadata, ProxyError
+from metaproxy.stats import ClusterStats, StatsStore
+from metaproxy.upstream.endpoint import Endpoint
+from metaproxy.upstream.lb import make_balancer
+from metaproxy.upstream.pool import OVERFLOW, ExclusivePool, Limits, MultiplexPool
+
+log = logging.getLogger("metaproxy.upstream")
+
+NO_HEALTHY = "UH"
+
+
+class Cluster:
+    """Endpoints of one upstream service and everything needed to send them a request."""
+
+    def __init__(self, config: ClusterConfig, stats: StatsStore) -> None:
+        self.config = config
+        self.name = config.name
+        self.stats = ClusterStats(stats, config.name)
+        self.endpoints = [Endpoint(e.host, e.port, e.weight) for e in config.endpoints]
+        self.balancer = make_balancer(config.lb_policy)
+        self.balancer.rebuild(self.endpoints)
+        cb = config.circuit_breakers
+        self.limits = Limits(cb.max_connections, cb.max_requests)
+        self.active_requests = 0
+        self.active_retries = 0
+        #: Pools by (endpoint address, protocol key): one cluster may serve several listeners.
+        self._pools: dict[tuple[str, str], MultiplexPool | ExclusivePool] = {}
+        self.stats.membership_total.set(len(self.endpoints))
+        self.stats.membership_healthy.set(len(self.endpoints))
+        #: Called with (endpoint, error or None) after every upstream try (outlier detection).
+        self.on_result: Callable[[Endpoint, ProxyError | None], None] | None = None
+
+    # -- endpoint choice ---------------------------------------------------------
+    def in_rotation(self) -> list[Endpoint]:
+        now = time.monotonic()
+        return [e for e in self.endpoints if e.in_rotation(now)]
+
+    def choose(self, metadata: Metadata, hash_keys: Iterable[str] = (),
+               exclude: tuple[Endpoint, ...] = ()) -> Endpoint:
+        usable = self.in_rotation()
+        if not usable:
+            raise ProxyError(ErrorType.NO_HEALTHY_UPSTREAM, f"no healthy upstream in cluster {self.name}",
+                             NO_HEALTHY)
+        hash_key = None
+        for key in hash_keys:
+            value = metadata.get_str(key)
+            if value is not None:
+                hash_key = value if hash_key is None else f"{hash_key}|{value}"
+        endpoint = self.balancer.choose(usable, hash_key, exclude)
+        if endpoint is None:
+            raise ProxyError(ErrorType.NO_HEALTHY_UPSTREAM, f"no healthy upstream in cluster {self.name}",
+                             NO_HEALTHY)
+        return endpoint
+
+    # -- sending -----------------------------------------------------------------
+    def pool(self, endpoint: Endpoint, protocol_key: str, codec_factory: Callable[[], Codec],
+             multiplexing: bool) -> MultiplexPool | ExclusivePool:
+        key = (endpoint.address, protocol_key)
+        pool = self._pools.get(key)
+        if pool is None:
+            kind = MultiplexPool if multiplexing else ExclusivePool
+            pool = kind(endpoint, codec_factory, self.config.connections_per_endpoint, self.stats, self.limits,
+                        self.config.connect_timeout)
+            self._pools[key] = pool
+        return pool
+
+    def check_request_limit(self) -> None:
+        if self.active_requests >= self.limits.max_requests:
+            self.stats.upstream_rq_pending_overflow.inc()
+            raise ProxyError(ErrorType.OVER_LIMIT, f"cluster {self.name} is at max_requests", OVERFLOW)
+
+    def retry_allowed(self) -> bool:
+        """Retry budget: retries in flight stay under a share of requests in flight (and max_retries)."""
+        budget = max(self.config.circuit_breakers.max_retries,
+                     int(self.active_requests * self.config.retry_budget_percent / 100))
+        return self.active_retries < budget
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+
+class ClusterManager:
+    """Every cluster of the process by name; swapped whole on a config reload."""
+
+    def __init__(self, configs: Iterable[ClusterConfig], stats: StatsStore) -> None:
+        self.stats = stats
+        self.clusters: dict[str, Cluster] = {c.name: Cluster(c, stats) for c in configs}
+
+    def get(self, name: str) -> Cluster | None:
+        return self.clusters.get(name)
+
+    def close(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.close()

@@ -1,0 +1,342 @@
+"""Upstream connections and the pools that share them between requests.
+
+Two shapes, chosen by the codec's ``multiplexing`` flag:
+
+* :class:`MultiplexPool` — a few connections per endpoint, many requests in
+  flight on each. The request id is rewritten to a per-connection id on the
+  way up and restored on the way down; one reader greenlet per connection
+  hands each response to the request waiting for that id.
+* :class:`ExclusivePool` — protocols whose responses come strictly in order
+  (no ids): one request at a time per connection, read inline, and the
+  connection goes back to an idle list.
+
+Every wait is bounded: connect by ``connect_timeout``, a request by its
+timeout. A connection that closes or sends garbage fails every request on it
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Callable
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.lock import Semaphore
+
+from metaproxy.codec import Codec, CodecError, DecodeStatus
+from metaproxy.message import ErrorType, Metadata, ProxyError
+from metaproxy.stats import ClusterStats
+from metaproxy.upstream.endpoint import Endpoint
+
+log = logging.getLogger("metaproxy.upstream")
+
+#: Largest request id handed out upstream: int32 so every protocol can carry it.
+MAX_UPSTREAM_ID = 2**31 - 1
+_READ_SIZE = 65536
+
+#: Response flags (Envoy's) that tell retries what went wrong.
+CONNECT_FAILURE = "UF"
+RESET = "UC"
+TIMEOUT = "UT"
+OVERFLOW = "UO"
+PROTOCOL_ERROR = "UPE"
+
+CodecFactory = Callable[[], Codec]
+
+
+class Limits:
+    """Cluster-wide circuit-breaker counters shared by every pool of a cluster."""
+
+    __slots__ = ("max_connections", "max_requests", "connections", "requests")
+
+    def __init__(self, max_connections: int, max_requests: int) -> None:
+        self.max_connections = max_connections
+        self.max_requests = max_requests
+        self.connections = 0
+        self.requests = 0
+
+
+def _connect_error(endpoint: Endpoint, exc: BaseException) -> ProxyError:
+    return ProxyError(ErrorType.NO_HEALTHY_UPSTREAM, f"upstream connect error to {endpoint.address}: {exc}",
+                      CONNECT_FAILURE)
+
+
+def _open_socket(endpoint: Endpoint, timeout: float, stats: ClusterStats, limits: Limits) -> socket.socket:
+    if limits.connections >= limits.max_connections:
+        stats.upstream_cx_overflow.inc()
+        raise ProxyError(ErrorType.OVER_LIMIT, "upstream connection limit reached", OVERFLOW)
+    try:
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+    except socket.timeout as exc:
+        stats.upstream_cx_connect_fail.inc()
+        stats.upstream_cx_connect_timeout.inc()
+        raise _connect_error(endpoint, exc) from None
+    except OSError as exc:
+        stats.upstream_cx_connect_fail.inc()
+        raise _connect_error(endpoint, exc) from None
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    limits.connections += 1
+    stats.upstream_cx_total.inc()
+    stats.upstream_cx_active.inc()
+    return sock
+
+
+def _encode(codec: Codec, metadata: Metadata, mutation: dict, out: bytearray, stats: ClusterStats) -> None:
+    codec.encode(metadata, mutation, out)
+    if codec.mutations_dropped:  # the wire format could not carry the mutation
+        stats.mutation_dropped.inc(codec.mutations_dropped)
+        codec.mutations_dropped = 0
+
+
+class MultiplexConnection:
+    """One connection carrying many requests, matched to responses by request id."""
+
+    def __init__(self, endpoint: Endpoint, codec: Codec, stats: ClusterStats, limits: Limits,
+                 connect_timeout: float) -> None:
+        self.endpoint = endpoint
+        self.codec = codec
+        self.stats = stats
+        self.limits = limits
+        self.connect_timeout = connect_timeout
+        self.sock: socket.socket | None = None
+        self.pending: dict[int, AsyncResult] = {}
+        self.next_id = 0
+        self.closed = False
+        self._connecting: AsyncResult | None = None
+        self._write_lock = Semaphore()
+        self._reader: gevent.Greenlet | None = None
+
+    def _ensure_connected(self) -> None:
+        if self.sock is not None:
+            return
+        if self._connecting is not None:  # another request is connecting: wait for it
+            self._connecting.get()
+            return
+        self._connecting = AsyncResult()
+        try:
+            self.sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits)
+        except ProxyError as err:
+            self.closed = True
+            self._connecting.set_exception(err)
+            raise
+        self._connecting.set(None)
+        self._reader = gevent.spawn(self._read_loop)
+
+    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
+        self._ensure_connected()
+        self.next_id = self.next_id + 1 if self.next_id < MAX_UPSTREAM_ID else 1
+        upstream_id = self.next_id
+        downstream_id = metadata.get("request_id")
+        metadata["request_id"] = upstream_id
+        out = bytearray()
+        try:
+            _encode(self.codec, metadata, mutation, out, self.stats)
+        finally:
+            metadata["request_id"] = downstream_id
+        waiter = None
+        if not oneway:
+            waiter = AsyncResult()
+            self.pending[upstream_id] = waiter
+        try:
+            with self._write_lock:
+                self.sock.sendall(out)  # type: ignore[union-attr]
+        except OSError as exc:
+            self.pending.pop(upstream_id, None)
+            self.close(ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET))
+            raise ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET) from None
+        if waiter is None:
+            return None
+        try:
+            return waiter.get(timeout=timeout)
+        except gevent.Timeout:
+            self.pending.pop(upstream_id, None)
+            raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT) from None
+
+    def _read_loop(self) -> None:
+        sock = self.sock
+        buffer = bytearray()
+        scratch = bytearray(_READ_SIZE)
+        view = memoryview(scratch)
+        error = ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
+        try:
+            while True:
+                n = sock.recv_into(scratch)  # type: ignore[union-attr]
+                if not n:
+                    break
+                buffer += view[:n]
+                while buffer:
+                    md = Metadata()
+                    if self.codec.decode(buffer, md) is not DecodeStatus.DONE:
+                        break
+                    waiter = self.pending.pop(md.get("request_id"), None)
+                    if waiter is not None:
+                        waiter.set(md)
+                    elif not 0 < (md.get("request_id") or 0) <= self.next_id:
+                        self.stats.upstream_rq_unknown_id.inc()
+                        error = ProxyError(ErrorType.BAD_RESPONSE,
+                                           f"upstream answered request id {md.get('request_id')!r} never sent",
+                                           PROTOCOL_ERROR)
+                        return
+        except CodecError as exc:
+            self.stats.upstream_rq_decoding_error.inc()
+            log.warning("bad response from %s: %s; closing the connection", self.endpoint.address, exc)
+            error = ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR)
+        except OSError as exc:
+            error = ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET)
+        finally:
+            self.close(error)
+
+    def close(self, error: ProxyError | None = None) -> None:
+        if self.closed and self.sock is None:
+            return
+        self.closed = True
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            self.limits.connections -= 1
+            self.stats.upstream_cx_active.dec()
+            try:
+                sock.close()
+            except OSError:
+                pass
+        if self.pending:
+            self.stats.upstream_cx_destroy_with_active_rq.inc()
+            pending, self.pending = self.pending, {}
+            err = error or ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
+            for waiter in pending.values():
+                waiter.set_exception(err)
+        reader = self._reader
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=False)
+
+
+class MultiplexPool:
+    """Up to ``size`` connections to one endpoint; each request goes to the least busy one."""
+
+    def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
+                 limits: Limits, connect_timeout: float) -> None:
+        self.endpoint = endpoint
+        self.codec_factory = codec_factory
+        self.size = size
+        self.stats = stats
+        self.limits = limits
+        self.connect_timeout = connect_timeout
+        self.connections: list[MultiplexConnection] = []
+
+    def _pick(self) -> MultiplexConnection:
+        conns = self.connections
+        best = None
+        for conn in conns:
+            if conn.closed:
+                continue
+            if best is None or len(conn.pending) < len(best.pending):
+                best = conn
+        if best is None or (best.pending and len(conns) < self.size):
+            if any(c.closed for c in conns):
+                self.connections = conns = [c for c in conns if not c.closed]
+            if len(conns) < self.size:
+                best = MultiplexConnection(self.endpoint, self.codec_factory(), self.stats, self.limits,
+                                           self.connect_timeout)
+                conns.append(best)
+        assert best is not None
+        return best
+
+    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
+        conn = self._pick()
+        try:
+            return conn.request(metadata, mutation, timeout, oneway)
+        finally:
+            if conn.closed and conn in self.connections:
+                self.connections.remove(conn)
+
+    def close(self) -> None:
+        for conn in self.connections:
+            conn.close()
+        self.connections = []
+
+
+class ExclusiveConnection:
+    """A connection that carries one request at a time, its response read inline."""
+
+    def __init__(self, sock: socket.socket, codec: Codec) -> None:
+        self.sock = sock
+        self.codec = codec
+        self.buffer = bytearray()
+
+
+class ExclusivePool:
+    """Idle connections to one endpoint, each lent to one request at a time."""
+
+    def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
+                 limits: Limits, connect_timeout: float) -> None:
+        self.endpoint = endpoint
+        self.codec_factory = codec_factory
+        self.stats = stats
+        self.limits = limits
+        self.connect_timeout = connect_timeout
+        self.max_idle = max(size, 16)
+        self.idle: list[ExclusiveConnection] = []
+        self._scratch = bytearray(_READ_SIZE)
+
+    def _acquire(self) -> ExclusiveConnection:
+        if self.idle:
+            return self.idle.pop()
+        sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits)
+        return ExclusiveConnection(sock, self.codec_factory())
+
+    def _discard(self, conn: ExclusiveConnection) -> None:
+        self.limits.connections -= 1
+        self.stats.upstream_cx_active.dec()
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
+        conn = self._acquire()
+        out = bytearray()
+        _encode(conn.codec, metadata, mutation, out, self.stats)
+        try:
+            with gevent.Timeout(timeout, False):
+                conn.sock.sendall(out)
+                if oneway:
+                    self._release(conn)
+                    return None
+                md = self._read_one(conn)
+                self._release(conn)
+                return md
+            # the Timeout expired (False: no exception raised inside the block)
+            self._discard(conn)
+            raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
+        except CodecError as exc:
+            self.stats.upstream_rq_decoding_error.inc()
+            self._discard(conn)
+            raise ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR) from None
+        except OSError as exc:
+            self._discard(conn)
+            raise ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET) from None
+
+    def _read_one(self, conn: ExclusiveConnection) -> Metadata:
+        buffer = conn.buffer
+        while True:
+            if buffer:
+                md = Metadata()
+                if conn.codec.decode(buffer, md) is DecodeStatus.DONE:
+                    return md
+            n = conn.sock.recv_into(self._scratch)
+            if not n:
+                raise ConnectionResetError("upstream closed the connection")
+            buffer += memoryview(self._scratch)[:n]
+
+    def _release(self, conn: ExclusiveConnection) -> None:
+        if conn.buffer or len(self.idle) >= self.max_idle:
+            self._discard(conn)  # unexpected extra bytes, or enough idle: do not reuse
+        else:
+            self.idle.append(conn)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            self._discard(conn)
+        self.idle = []
