@@ -1,0 +1,351 @@
+"""The Dubbo2 (Hessian2) codec: routes on interface, method, version and attachments.
+
+What is read (see protocol.py for the header): a request body is the Hessian2
+sequence ``dubbo version, service path, service version, method, parameter
+descriptor, arguments..., attachment map``. The arguments are only skipped
+(their count comes from the descriptor); the attachment map is read into
+Metadata with string values. An OK response body is ``flag [value] [map]``
+where flags 3/4/5 carry an attachment map; other statuses carry an error string.
+
+What is written back: with no mutation, the original frame with the request id
+patched in. With a mutation, every byte before the attachment map is copied,
+then the map is rebuilt (existing pairs copied as bytes, mutated values
+replaced, new keys appended) and the body length fixed. A response without
+attachments gains them by switching to the *_WITH_ATTACHMENTS flag, unless the
+client's protocol version is known not to read those flags (then the mutation
+is counted as dropped).
+
+Mutation keys always become attachments: the body's own version field is never
+rewritten, and an attachment never overrides a key the body header defines.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+from metaproxy_codecs.dubbo import protocol as p
+from metaproxy_codecs.dubbo.hessian2 import COMPLEX, Hessian2Reader, HessianError, write_int, write_string
+
+from metaproxy.codec import Codec, CodecError, DecodeStatus, take
+from metaproxy.message import MessageType, Metadata, ProxyError, ResponseStatus
+
+_ID = struct.Struct(">Q")
+_LEN = struct.Struct(">I")
+_HEARTBEAT_BODY = b"N"
+
+#: Keys the codec itself sets; an attachment with the same name does not replace them.
+RESERVED_KEYS = frozenset((
+    "request_id", "message_type", "response_status", "service", "method", "interface", "version",
+    "dubbo_version", "parameter_types", "header_size", "body_size", "status", "error_message",
+))
+_RESPONSE_ATTACHMENTS = ("auto", "always", "never")
+_PRIMITIVES = frozenset("ZBCDFIJSV")
+_DESC_CACHE: dict[str, int] = {}
+
+
+class _State:
+    """Where the attachment map lies in the frame, so encode can rebuild just that part."""
+
+    __slots__ = ("attach_end", "attach_start", "flag", "pairs", "pairs_start", "result_flag")
+
+    def __init__(self, flag: int) -> None:
+        self.flag = flag  # header flag byte
+        self.result_flag = -1  # OK responses: the body's first value
+        self.attach_start = -1  # frame offset of the map (or of where one would go), -1: cannot carry
+        self.pairs_start = -1  # frame offset after 'H' / 'M'+type; -1 when the map is null or absent
+        self.attach_end = -1
+        self.pairs: list[tuple[str | None, int, int, int]] = []  # key, pair start, value start, pair end
+
+
+def count_parameters(desc: str) -> int:
+    """Number of arguments a JVM parameter descriptor names ('Ljava/lang/String;[IJ' -> 3)."""
+    cached = _DESC_CACHE.get(desc)
+    if cached is not None:
+        return cached
+    count, i, size = 0, 0, len(desc)
+    while i < size:
+        while i < size and desc[i] == "[":
+            i += 1
+        if i >= size:
+            raise CodecError(f"parameter descriptor {desc!r} ends inside an array type")
+        if desc[i] == "L":
+            end = desc.find(";", i)
+            if end < 0:
+                raise CodecError(f"parameter descriptor {desc!r} has an unterminated class name")
+            i = end + 1
+        elif desc[i] in _PRIMITIVES:
+            i += 1
+        else:
+            raise CodecError(f"parameter descriptor {desc!r} has unknown type code {desc[i]!r}")
+        count += 1
+    if len(_DESC_CACHE) < 4096:
+        _DESC_CACHE[desc] = count
+    return count
+
+
+def _as_text(value: Any) -> str | None:
+    """An attachment value as routes see it; None for null and for values with no text form."""
+    if value is None or value is COMPLEX:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class DubboCodec(Codec):
+    name = "dubbo"
+    multiplexing = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._response_attachments = self.options.get("response_attachments", "auto")
+        #: Whether the client on this connection reads response attachments (None: not known yet).
+        self._peer_reads_attachments: bool | None = None
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[str]:
+        problems = []
+        for key, value in options.items():
+            if key != "response_attachments":
+                problems.append(f"{key}: unknown option")
+            elif value not in _RESPONSE_ATTACHMENTS:
+                problems.append(f"{key}: must be one of {', '.join(_RESPONSE_ATTACHMENTS)}, got {value!r}")
+        return problems
+
+    # -- decode --------------------------------------------------------------------
+    def decode(self, buffer: bytearray, metadata: Metadata) -> DecodeStatus:
+        if len(buffer) < p.HEADER_SIZE:
+            if len(buffer) >= 2 and (buffer[0] != 0xDA or buffer[1] != 0xBB):
+                raise CodecError(f"bad magic 0x{buffer[0]:02x}{buffer[1]:02x}, expected 0xdabb", 0)
+            return DecodeStatus.WAIT_FOR_DATA
+        magic, flag, status, request_id, length = p.HEADER.unpack_from(buffer, 0)
+        if magic != p.MAGIC:
+            raise CodecError(f"bad magic 0x{magic:04x}, expected 0xdabb", 0)
+        self.check_size(p.HEADER_SIZE + length)
+        if len(buffer) < p.HEADER_SIZE + length:
+            return DecodeStatus.WAIT_FOR_DATA
+        frame = take(buffer, p.HEADER_SIZE + length)
+        metadata["request_id"] = request_id
+        state = _State(flag)
+        if flag & p.FLAG_EVENT:
+            metadata["message_type"] = MessageType.HEARTBEAT
+            if not flag & p.FLAG_REQUEST:
+                metadata["status"] = status
+                metadata["response_status"] = ResponseStatus.SUCCESS if status == p.OK else ResponseStatus.ERROR
+        else:
+            serialization = flag & p.SERIALIZATION_MASK
+            if serialization != p.HESSIAN2:
+                raise CodecError(f"serialization id {serialization} is not supported (only hessian2 = 2)", 2)
+            try:
+                if flag & p.FLAG_REQUEST:
+                    self._decode_request(frame, flag, metadata, state)
+                else:
+                    self._decode_response(frame, status, metadata, state)
+            except HessianError as exc:
+                raise CodecError(f"bad Hessian2 body: {exc}", p.HEADER_SIZE + exc.offset) from None
+        metadata["header_size"] = p.HEADER_SIZE
+        metadata["body_size"] = length
+        metadata.codec_state = state
+        metadata.frame = frame
+        return DecodeStatus.DONE
+
+    def _decode_request(self, frame: bytes, flag: int, metadata: Metadata, state: _State) -> None:
+        reader = Hessian2Reader(frame, p.HEADER_SIZE)
+        dubbo_version = reader.read_string()
+        interface = reader.read_string()
+        version = reader.read_string()
+        method = reader.read_string()
+        desc = reader.read_string() or ""
+        metadata["message_type"] = MessageType.REQUEST if flag & p.FLAG_TWOWAY else MessageType.ONEWAY
+        if dubbo_version is not None:
+            metadata["dubbo_version"] = dubbo_version
+            self._peer_reads_attachments = p.supports_response_attachments(dubbo_version)
+        if interface is not None:
+            metadata["interface"] = interface
+            metadata["service"] = interface
+        if version is not None:
+            metadata["version"] = version
+        if method is not None:
+            metadata["method"] = method
+        metadata["parameter_types"] = desc
+        for _ in range(count_parameters(desc)):
+            reader.skip()
+        state.attach_start = reader.pos
+        if reader.pos < len(frame):
+            self._read_attachments(reader, metadata, state)
+
+    def _decode_response(self, frame: bytes, status: int, metadata: Metadata, state: _State) -> None:
+        metadata["status"] = status
+        reader = Hessian2Reader(frame, p.HEADER_SIZE)
+        if status != p.OK:
+            metadata["message_type"] = MessageType.ERROR
+            metadata["response_status"] = ResponseStatus.ERROR
+            if reader.pos < len(frame):
+                message = reader.read_scalar()
+                if isinstance(message, str):
+                    metadata["error_message"] = message
+            return
+        result_flag = reader.read_int()
+        if not 0 <= result_flag <= 5:
+            raise CodecError(f"unknown response flag {result_flag}", p.HEADER_SIZE)
+        state.result_flag = result_flag
+        metadata["message_type"] = MessageType.RESPONSE
+        failed = result_flag in (p.RESPONSE_WITH_EXCEPTION, p.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS)
+        metadata["response_status"] = ResponseStatus.ERROR if failed else ResponseStatus.SUCCESS
+        if result_flag not in (p.RESPONSE_NULL_VALUE, p.RESPONSE_NULL_VALUE_WITH_ATTACHMENTS):
+            reader.skip()
+        state.attach_start = reader.pos
+        if result_flag >= p.WITH_ATTACHMENTS:
+            self._read_attachments(reader, metadata, state)
+        elif reader.pos != len(frame):
+            raise CodecError(f"{len(frame) - reader.pos} bytes after the response value", reader.pos)
+
+    @staticmethod
+    def _read_attachments(reader: Hessian2Reader, metadata: Metadata, state: _State) -> None:
+        """Read the attachment map into metadata, remembering each pair's offsets."""
+        buf = reader.buf
+        tag = reader.peek()
+        if tag == 0x4E:  # null: no attachments
+            reader.pos += 1
+        elif tag == 0x48 or tag == 0x4D:
+            start = reader.pos
+            reader.pos += 1
+            if tag == 0x4D:
+                reader.read_scalar()  # the map's type name (or type reference)
+            state.pairs_start = reader.pos
+            pairs = state.pairs
+            while True:
+                if reader.pos >= len(buf):
+                    raise CodecError("attachment map has no end marker", reader.pos)
+                if buf[reader.pos] == 0x5A:
+                    break
+                pair_start = reader.pos
+                key = _as_text(reader.read_scalar())
+                value_start = reader.pos
+                value = _as_text(reader.read_scalar())
+                pairs.append((key, pair_start, value_start, reader.pos))
+                if key is not None and value is not None and key not in RESERVED_KEYS:
+                    metadata[key] = value
+            reader.pos += 1
+            state.attach_start = start
+        else:
+            raise CodecError(f"attachments must be a map, found tag 0x{tag:02x}", reader.pos)
+        state.attach_end = reader.pos
+        if reader.pos != len(buf):
+            raise CodecError(f"{len(buf) - reader.pos} bytes after the attachment map", reader.pos)
+
+    # -- encode --------------------------------------------------------------------
+    def encode(self, metadata: Metadata, mutation: Mapping[str, str], buffer: bytearray) -> None:
+        state: _State | None = metadata.codec_state
+        frame = metadata.frame
+        if state is None or not frame:
+            self._encode_fresh(metadata, mutation, buffer)
+            return
+        start = len(buffer)
+        if mutation and self._can_carry(state):
+            self._encode_mutated(frame, state, mutation, buffer)
+        else:
+            if mutation:
+                self.mutations_dropped += len(mutation)
+            buffer += frame
+        _ID.pack_into(buffer, start + p.ID_OFFSET, metadata["request_id"])
+
+    def _can_carry(self, state: _State) -> bool:
+        if state.attach_start < 0:
+            return False  # events and error statuses have nowhere to put attachments
+        if state.flag & p.FLAG_REQUEST or state.result_flag >= p.WITH_ATTACHMENTS:
+            return True
+        if self._response_attachments == "auto":
+            return self._peer_reads_attachments is not False
+        return self._response_attachments == "always"
+
+    @staticmethod
+    def _encode_mutated(frame: bytes, state: _State, mutation: Mapping[str, str], buffer: bytearray) -> None:
+        start = len(buffer)
+        if state.flag & p.FLAG_REQUEST or state.result_flag >= p.WITH_ATTACHMENTS:
+            buffer += memoryview(frame)[:state.attach_start]
+        else:  # switch VALUE/NULL/EXCEPTION to its *_WITH_ATTACHMENTS form
+            buffer += memoryview(frame)[:p.HEADER_SIZE]
+            write_int(buffer, state.result_flag + p.WITH_ATTACHMENTS)
+            buffer += memoryview(frame)[p.HEADER_SIZE + 1:state.attach_start]
+        remaining = dict(mutation)
+        if state.pairs_start < 0:
+            buffer.append(0x48)
+        else:
+            buffer += memoryview(frame)[state.attach_start:state.pairs_start]
+            for key, pair_start, value_start, pair_end in state.pairs:
+                if key is not None and key in remaining:
+                    buffer += memoryview(frame)[pair_start:value_start]
+                    write_string(buffer, remaining.pop(key))
+                else:
+                    buffer += memoryview(frame)[pair_start:pair_end]
+        for key, value in remaining.items():
+            write_string(buffer, key)
+            write_string(buffer, value)
+        buffer.append(0x5A)
+        _LEN.pack_into(buffer, start + p.LENGTH_OFFSET, len(buffer) - start - p.HEADER_SIZE)
+
+    def _encode_fresh(self, metadata: Metadata, mutation: Mapping[str, str], buffer: bytearray) -> None:
+        """A request with no arguments from metadata alone (tools, make_request)."""
+        attachments = {k: v for k, v in metadata.str_items() if k not in RESERVED_KEYS}
+        attachments.update(mutation)
+        buffer += build_request(
+            int(metadata.get("request_id", 0)), str(metadata.get("interface") or metadata.get("service", "")),
+            str(metadata.get("method", "")), version=metadata.get_str("version"), attachments=attachments,
+            two_way=metadata.get("message_type") != MessageType.ONEWAY)
+
+    # -- local replies -----------------------------------------------------------------
+    def on_error(self, metadata: Metadata, error: ProxyError, buffer: bytearray) -> None:
+        body = bytearray()
+        write_string(body, error.message)
+        request_id = int(metadata.get("request_id", 0))
+        buffer += p.HEADER.pack(p.MAGIC, p.HESSIAN2, p.error_status(error.kind), request_id, len(body))
+        buffer += body
+
+    def heartbeat_reply(self, metadata: Metadata, buffer: bytearray) -> None:
+        state: _State | None = metadata.codec_state
+        if state is not None and not state.flag & p.FLAG_TWOWAY:
+            return  # a one-way event expects no answer
+        flag = p.FLAG_EVENT | ((state.flag if state else p.HESSIAN2) & p.SERIALIZATION_MASK)
+        buffer += p.HEADER.pack(p.MAGIC, flag, p.OK, int(metadata["request_id"]), len(_HEARTBEAT_BODY))
+        buffer += _HEARTBEAT_BODY
+
+    def make_heartbeat(self, request_id: int, buffer: bytearray) -> bool:
+        flag = p.FLAG_REQUEST | p.FLAG_TWOWAY | p.FLAG_EVENT | p.HESSIAN2
+        buffer += p.HEADER.pack(p.MAGIC, flag, 0, request_id, len(_HEARTBEAT_BODY))
+        buffer += _HEARTBEAT_BODY
+        return True
+
+    def make_request(self, request_id: int, buffer: bytearray) -> bool:
+        buffer += build_request(request_id, "metaproxy.Ping", "ping", version="0.0.0")
+        return True
+
+
+def build_request(request_id: int, interface: str, method: str, *, version: str | None = None,
+                  attachments: Mapping[str, str] | None = None, two_way: bool = True,
+                  dubbo_version: str = "2.0.2") -> bytes:
+    """A complete request frame for a call with no arguments."""
+    body = bytearray()
+    for text in (dubbo_version, interface):
+        write_string(body, text)
+    if version is None:
+        body.append(0x4E)
+    else:
+        write_string(body, version)
+    write_string(body, method)
+    write_string(body, "")
+    body.append(0x48)
+    pairs = {"path": interface, "interface": interface}
+    if version is not None:
+        pairs["version"] = version
+    pairs.update(attachments or {})
+    for key, value in pairs.items():
+        write_string(body, key)
+        write_string(body, value)
+    body.append(0x5A)
+    flag = p.FLAG_REQUEST | p.HESSIAN2 | (p.FLAG_TWOWAY if two_way else 0)
+    return p.HEADER.pack(p.MAGIC, flag, 0, request_id, len(body)) + bytes(body)
