@@ -1,0 +1,75 @@
+"""Tables of benchmark results, printed as Markdown so they paste into docs/performance.md as they are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from scenarios import LoadResult
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    target: str
+    connections: int
+    depth: int
+    result: LoadResult
+    cpu_us_per_request: float | None  # None for the direct baseline (no proxy)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(data.pop("result"))
+        return data
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    rows = list(rows)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    right = [i > 1 for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def results_table(rows: list[Row]) -> str:
+    header = ["scenario", "path", "conns", "depth", "req/s", "p50 µs", "p99 µs", "proxy CPU µs/req"]
+    return _table(header, ([
+        r.scenario, r.target, str(r.connections), str(r.depth), f"{r.result.rps:,.0f}",
+        f"{r.result.p50_us:.1f}", f"{r.result.p99_us:.1f}",
+        "-" if r.cpu_us_per_request is None else f"{r.cpu_us_per_request:.1f}",
+    ] for r in rows))
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}×"
+
+
+def ratios_table(rows: list[Row], subject: str = "metaproxy") -> str:
+    """metaproxy against direct and against HAProxy, per scenario and connection count."""
+    by_key = {(r.scenario, r.connections, r.depth, r.target): r for r in rows}
+    out = []
+    for (scenario, conns, depth, target), row in by_key.items():
+        if target != subject:
+            continue
+        direct = by_key.get((scenario, conns, depth, "direct"))
+        haproxy = by_key.get((scenario, conns, depth, "haproxy"))
+
+        def get(r: Row | None, field: str) -> float | None:
+            return None if r is None else getattr(r.result, field)
+
+        out.append([
+            scenario, str(conns), str(depth),
+            _ratio(row.result.rps, get(direct, "rps")), _ratio(row.result.rps, get(haproxy, "rps")),
+            _ratio(row.result.p50_us, get(direct, "p50_us")), _ratio(row.result.p50_us, get(haproxy, "p50_us")),
+            _ratio(row.cpu_us_per_request, None if haproxy is None else haproxy.cpu_us_per_request),
+        ])
+    header = ["scenario", "conns", "depth", "req/s vs direct", "req/s vs HAProxy", "p50 vs direct",
+              "p50 vs HAProxy", "CPU/req vs HAProxy"]
+    return _table(header, out)

@@ -1,0 +1,186 @@
+"""Benchmark metaproxy side by side with the server alone and with HAProxy, in one run.
+
+    .venv/bin/python bench/run.py [--scenarios tinyrpc] [--connections 1,50] [--seconds 3]
+    .venv/bin/python bench/run.py --profile          # one metaproxy measurement under a profiler
+
+For every scenario (a protocol: its upstream server and load generator, see
+scenarios.py) the upstream server is started once; then each path is
+measured at each connection count: client -> server, client -> HAProxy
+(mode tcp) -> server, client -> metaproxy -> server. Proxy CPU time per
+request comes from /proc (utime + stime of the proxy's process tree, read
+before and after the load run, divided by the requests it carried). All
+numbers of one table come from the same run on the same machine, which is
+the only way to compare them honestly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procs import Service, cpu_seconds
+from profiling import cprofile_launcher, pyspy_path, start_pyspy, summarize_cprofile, summarize_pyspy
+from report import Row, ratios_table, results_table
+from scenarios import SCENARIOS, LoadSpec, Scenario
+from targets import TARGETS, MetaProxy, Target
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--build", type=Path, default=ROOT / "build" / "bench", help="where the C tools are built")
+    p.add_argument("--scenarios", default="tinyrpc", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    p.add_argument("--targets", default="direct,haproxy,metaproxy", help=f"of: {', '.join(TARGETS)}")
+    p.add_argument("--connections", default="1,50", help="comma-separated connection counts")
+    p.add_argument("--depth", type=int, default=1, help="requests in flight per connection (pipelining)")
+    p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per measurement")
+    p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each measurement")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    p.add_argument("--profile", action="store_true", help="profile metaproxy for one measurement instead")
+    p.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
+    p.add_argument("--profile-connections", type=int, default=50)
+    return p.parse_args(argv)
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "not found"
+
+
+def machine_summary() -> str:
+    model = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"machine: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {model}; "
+            f"Linux {platform.release()}; Python {platform.python_version()}; {_version(['haproxy', '-v'])}")
+
+
+def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[LoadSpec],
+            workdir: Path) -> list[Row]:
+    """Start the target's proxy once, run every load spec through it, stop it."""
+    proxy = target.start(scenario, upstream, workdir)
+    rows = []
+    try:
+        for spec in specs:
+            port = upstream.port if proxy is None else proxy.port
+            before = None if proxy is None else cpu_seconds(proxy.pid)
+            result = scenario.run_load(port, spec)
+            cpu_us = None
+            if proxy is not None:
+                proxy.check_alive()
+                cpu_us = (cpu_seconds(proxy.pid) - before) * 1e6 / max(1, result.total_requests)
+            upstream.check_alive()
+            row = Row(scenario.name, target.name, spec.connections, spec.depth, result, cpu_us)
+            rows.append(row)
+            print(f"  {scenario.name:10} {target.name:10} conns={spec.connections:<4} "
+                  f"{result.rps:>10,.0f} req/s  p50 {result.p50_us:8.1f} µs  p99 {result.p99_us:8.1f} µs"
+                  + ("" if cpu_us is None else f"  cpu {cpu_us:6.1f} µs/req"), file=sys.stderr, flush=True)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+    return rows
+
+
+def run_benchmark(args: argparse.Namespace) -> list[Row]:
+    specs = [LoadSpec(int(c), args.seconds, args.warmup, args.depth) for c in _csv(args.connections)]
+    rows: list[Row] = []
+    for name in _csv(args.scenarios):
+        workdir = args.build / "run" / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        scenario = SCENARIOS[name](args.build, workdir)
+        scenario.check()
+        upstream = scenario.start_server()
+        try:
+            for target_name in _csv(args.targets):
+                rows += measure(scenario, TARGETS[target_name](), upstream, specs, workdir)
+        finally:
+            upstream.stop()
+    return rows
+
+
+def run_profile(args: argparse.Namespace) -> str:
+    """One metaproxy measurement under a profiler; returns the summary to print."""
+    use_pyspy = args.profiler == "py-spy" or (args.profiler == "auto" and pyspy_path() is not None)
+    name = _csv(args.scenarios)[0]
+    workdir = args.build / "run" / f"{name}-profile"
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenario = SCENARIOS[name](args.build, workdir)
+    scenario.check()
+    stats = workdir / ("pyspy.txt" if use_pyspy else "cprofile.pstats")
+    stats.unlink(missing_ok=True)
+    upstream = scenario.start_server()
+    try:
+        target = MetaProxy(None if use_pyspy else cprofile_launcher(stats))
+        proxy = target.start(scenario, upstream, workdir)
+        assert proxy is not None
+        try:
+            spec = LoadSpec(args.profile_connections, args.seconds, 0.0, args.depth)
+            scenario.run_load(proxy.port, LoadSpec(spec.connections, 0.5, 0.0, spec.depth))  # warm the pools
+            sampler = start_pyspy(proxy.pid, args.seconds, stats) if use_pyspy else None
+            result = scenario.run_load(proxy.port, spec)
+            if sampler is not None:
+                _, err = sampler.communicate(timeout=args.seconds + 30)
+                if sampler.returncode != 0:
+                    raise RuntimeError(f"py-spy failed: {err.strip()}")
+        finally:
+            proxy.stop()
+    finally:
+        upstream.stop()
+    head = (f"profiled run ({'py-spy' if use_pyspy else 'cProfile'} slows the proxy; not a benchmark figure): "
+            f"{scenario.name}, {spec.connections} connections, {result.rps:,.0f} req/s")
+    body = summarize_pyspy(stats) if use_pyspy else summarize_cprofile(_wait_for(stats))
+    return f"{head}\n\n{body}"
+
+
+def _wait_for(path: Path, timeout: float = 10.0) -> Path:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} was not written: did metaproxy exit cleanly on SIGTERM?")
+        time.sleep(0.05)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.build = args.build.resolve()
+    print(machine_summary(), flush=True)
+    if args.profile:
+        print(run_profile(args))
+        return 0
+    started = time.monotonic()
+    rows = run_benchmark(args)
+    print(f"\ncommand: {' '.join([Path(sys.executable).name, 'bench/run.py', *(argv or sys.argv[1:])])}")
+    print(f"each measurement: {args.warmup}s warm-up + {args.seconds}s measured, "
+          f"{args.depth} request(s) in flight per connection; whole run {time.monotonic() - started:.0f}s\n")
+    print(results_table(rows))
+    print()
+    print(ratios_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([r.as_dict() for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

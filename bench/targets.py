@@ -1,0 +1,54 @@
+"""What the load generator talks to: the server directly, HAProxy in front of it, or metaproxy.
+
+A target starts (at most) one proxy in front of an already running upstream
+and says which port the client should use and which process to charge CPU
+time to. The direct target is the baseline: no proxy, no CPU to charge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from procs import Service, start_haproxy, start_metaproxy
+from scenarios import Scenario
+
+
+class Target:
+    name = ""
+
+    def start(self, scenario: Scenario, upstream: Service, workdir: Path) -> Service | None:
+        """Start the proxy (None: the client talks to the upstream itself)."""
+        raise NotImplementedError
+
+
+class Direct(Target):
+    name = "direct"
+
+    def start(self, scenario: Scenario, upstream: Service, workdir: Path) -> Service | None:
+        return None
+
+
+class HAProxy(Target):
+    """HAProxy in ``mode tcp`` with one thread, the same one core a single metaproxy process gets."""
+
+    name = "haproxy"
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+
+    def start(self, scenario: Scenario, upstream: Service, workdir: Path) -> Service | None:
+        return start_haproxy(workdir, upstream.port, self.threads)
+
+
+class MetaProxy(Target):
+    name = "metaproxy"
+
+    def __init__(self, launcher: Sequence[str] | None = None) -> None:
+        self.launcher = launcher
+
+    def start(self, scenario: Scenario, upstream: Service, workdir: Path) -> Service | None:
+        return start_metaproxy(workdir, scenario.listener_protocol(), upstream.port, self.launcher)
+
+
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (Direct, HAProxy, MetaProxy)}
