@@ -1,0 +1,62 @@
+# metaproxy: the two commands a newcomer needs are `make run` and `make test`.
+# Everything they need (virtualenv, pip packages, apt and npm packages, built
+# files) is installed here, idempotently, so a fresh clone works.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat setup.py | md5sum | cut -c1-8)
+PYTEST_ARGS ?=
+
+# Debian packages the tests use as real peers and tools.
+APT_PACKAGES := haproxy redis-server redis-tools thrift-compiler clang lld
+
+.PHONY: all venv deps deps-apt test test-fast run lint clean
+
+all: test
+
+# Fragments owned by each area (bench, wasm, dubbo, lua, traffic, ...).
+include $(wildcard mk/*.mk)
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+$(STAMP): setup.py | $(PY)
+	$(PIP) install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+# apt-get runs only when a package is missing, so a warm machine needs no network.
+deps-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+
+# Every mk/NAME.mk may define deps-NAME; deps runs those that exist.
+AREA_DEPS := $(filter $(patsubst mk/%.mk,deps-%,$(wildcard mk/*.mk)),\
+             $(shell sed -n 's/^\(deps-[a-z0-9-]*\):.*/\1/p' $(wildcard mk/*.mk)))
+
+deps: venv deps-apt
+	@for t in $(AREA_DEPS); do $(MAKE) --no-print-directory $$t || exit 1; done
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: deps
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+run: deps
+	$(PY) -m metaproxy.demo
+
+lint: venv
+	$(VENV)/bin/ruff check metaproxy codecs tests bench
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,54 @@
+"""Shared fixtures: tinyrpc upstream servers and a metaproxy process factory."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from metaproxy.testing.harness import ProxyProcess
+from metaproxy_codecs.tinyrpc.sample import TinyRpcServer
+
+
+@pytest.fixture
+def tinyrpc_server() -> Iterator[Callable[[str], TinyRpcServer]]:
+    """Factory of started TinyRpcServer upstreams on free ports, stopped after the test."""
+    servers: list[TinyRpcServer] = []
+
+    def make(name: str = "server") -> TinyRpcServer:
+        server = TinyRpcServer(0, name).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def proxy(tmp_path) -> Iterator[Callable[..., ProxyProcess]]:
+    """Factory: ``proxy(config_dict)`` starts ``metaproxy run`` and stops it after the test."""
+    procs: list[ProxyProcess] = []
+    counter = itertools.count()
+
+    def start(config: dict[str, Any], **kwargs: Any) -> ProxyProcess:
+        p = ProxyProcess(config, tmp_path / f"proxy{next(counter)}", **kwargs).start()
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+def tinyrpc_listener(routes: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A tinyrpc listener config on a free port with a static route table."""
+    listener = {
+        "name": "in",
+        "address": "127.0.0.1:0",
+        "protocol": {"codec": "tinyrpc"},
+        "route_config": {"name": "routes", "routes": routes},
+    }
+    listener.update(extra)
+    return listener
