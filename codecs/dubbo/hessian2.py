@@ -101,8 +101,12 @@ def _decode_text(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
+        pass
+    try:
         text = data.decode("utf-8", "surrogatepass")
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace")  # not text at all: keep what can be shown
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 class Hessian2Reader:
