@@ -81,6 +81,20 @@ def cpu_seconds(pid: int) -> float:
     return ticks / _CLK_TCK
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory (KiB) of ``pid`` and every live process under it."""
+    total = 0
+    for member in _descendants(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total
+
+
 class Service:
     """A process we started and must stop, with the port it serves on."""
 

@@ -24,15 +24,16 @@ class Row:
         return data
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+def _table(header: list[str], rows: Iterable[list[str]], left: int = 2) -> str:
+    """A Markdown table; the first ``left`` columns are text (left-aligned), the rest numbers."""
     rows = list(rows)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    right = [i > 1 for i in range(len(header))]
+    cols = list(enumerate(widths))
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + " |"
+        return "| " + " | ".join(cells[i].ljust(w) if i < left else cells[i].rjust(w) for i, w in cols) + " |"
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right)) + "|"
+    sep = "|" + "|".join("-" * (w + 2) if i < left else "-" * (w + 1) + ":" for i, w in cols) + "|"
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
@@ -72,4 +73,25 @@ def ratios_table(rows: list[Row], subject: str = "metaproxy") -> str:
         ])
     header = ["scenario", "conns", "depth", "req/s vs direct", "req/s vs HAProxy", "p50 vs direct",
               "p50 vs HAProxy", "CPU/req vs HAProxy"]
-    return _table(header, out)
+    return _table(header, out, left=1)
+
+
+@dataclass(frozen=True)
+class IdleMemory:
+    scenario: str
+    target: str
+    connections: int
+    rss_before_kib: int
+    rss_after_kib: int
+
+    @property
+    def kib_per_connection(self) -> float:
+        return (self.rss_after_kib - self.rss_before_kib) / max(1, self.connections)
+
+
+def memory_table(items: list[IdleMemory]) -> str:
+    header = ["scenario", "proxy", "idle conns", "RSS before MiB", "RSS after MiB", "KiB per idle conn"]
+    return _table(header, ([
+        m.scenario, m.target, str(m.connections), f"{m.rss_before_kib / 1024:.1f}",
+        f"{m.rss_after_kib / 1024:.1f}", f"{m.kib_per_connection:.1f}",
+    ] for m in items))

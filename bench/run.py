@@ -22,13 +22,14 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import Service, cpu_seconds
+from procs import Service, cpu_seconds, rss_kib
 from profiling import cprofile_launcher, pyspy_path, start_pyspy, summarize_cprofile, summarize_pyspy
-from report import Row, ratios_table, results_table
+from report import IdleMemory, Row, memory_table, ratios_table, results_table
 from scenarios import SCENARIOS, LoadSpec, Scenario
 from targets import TARGETS, MetaProxy, Target
 
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=1, help="requests in flight per connection (pipelining)")
     p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per measurement")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each measurement")
+    p.add_argument("--idle", type=int, default=1000,
+                   help="idle connections opened to each proxy to measure memory per connection (0: skip)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     p.add_argument("--profile", action="store_true", help="profile metaproxy for one measurement instead")
     p.add_argument("--profiler", choices=("auto", "py-spy", "cprofile"), default="auto")
@@ -76,11 +79,25 @@ def machine_summary() -> str:
             f"Linux {platform.release()}; Python {platform.python_version()}; {_version(['haproxy', '-v'])}")
 
 
+def idle_memory(scenario: Scenario, target: Target, proxy: Service, count: int) -> IdleMemory:
+    """Resident memory the proxy adds per connection that served one request and then sits idle."""
+    before = rss_kib(proxy.pid)
+    socks = scenario.open_idle(proxy.port, count)
+    try:
+        after = rss_kib(proxy.pid)
+        proxy.check_alive()
+    finally:
+        for sock in socks:
+            sock.close()
+    return IdleMemory(scenario.name, target.name, count, before, after)
+
+
 def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[LoadSpec],
-            workdir: Path) -> list[Row]:
-    """Start the target's proxy once, run every load spec through it, stop it."""
+            workdir: Path, idle: int = 0) -> tuple[list[Row], IdleMemory | None]:
+    """Start the target's proxy once, run every load spec through it, then the idle test; stop it."""
     proxy = target.start(scenario, upstream, workdir)
     rows = []
+    memory = None
     try:
         for spec in specs:
             port = upstream.port if proxy is None else proxy.port
@@ -96,15 +113,18 @@ def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[L
             print(f"  {scenario.name:10} {target.name:10} conns={spec.connections:<4} "
                   f"{result.rps:>10,.0f} req/s  p50 {result.p50_us:8.1f} µs  p99 {result.p99_us:8.1f} µs"
                   + ("" if cpu_us is None else f"  cpu {cpu_us:6.1f} µs/req"), file=sys.stderr, flush=True)
+        if proxy is not None and idle > 0:
+            memory = idle_memory(scenario, target, proxy, idle)
     finally:
         if proxy is not None:
             proxy.stop()
-    return rows
+    return rows, memory
 
 
-def run_benchmark(args: argparse.Namespace) -> list[Row]:
+def run_benchmark(args: argparse.Namespace) -> tuple[list[Row], list[IdleMemory]]:
     specs = [LoadSpec(int(c), args.seconds, args.warmup, args.depth) for c in _csv(args.connections)]
     rows: list[Row] = []
+    memory: list[IdleMemory] = []
     for name in _csv(args.scenarios):
         workdir = args.build / "run" / name
         workdir.mkdir(parents=True, exist_ok=True)
@@ -113,10 +133,13 @@ def run_benchmark(args: argparse.Namespace) -> list[Row]:
         upstream = scenario.start_server()
         try:
             for target_name in _csv(args.targets):
-                rows += measure(scenario, TARGETS[target_name](), upstream, specs, workdir)
+                more, mem = measure(scenario, TARGETS[target_name](), upstream, specs, workdir, args.idle)
+                rows += more
+                if mem is not None:
+                    memory.append(mem)
         finally:
             upstream.stop()
-    return rows
+    return rows, memory
 
 
 def run_profile(args: argparse.Namespace) -> str:
@@ -170,15 +193,19 @@ def main(argv: list[str] | None = None) -> int:
         print(run_profile(args))
         return 0
     started = time.monotonic()
-    rows = run_benchmark(args)
+    rows, memory = run_benchmark(args)
     print(f"\ncommand: {' '.join([Path(sys.executable).name, 'bench/run.py', *(argv or sys.argv[1:])])}")
     print(f"each measurement: {args.warmup}s warm-up + {args.seconds}s measured, "
           f"{args.depth} request(s) in flight per connection; whole run {time.monotonic() - started:.0f}s\n")
     print(results_table(rows))
     print()
     print(ratios_table(rows))
+    if memory:
+        print()
+        print(memory_table(memory))
     if args.json:
-        args.json.write_text(json.dumps([r.as_dict() for r in rows], indent=2))
+        data = {"rows": [r.as_dict() for r in rows], "idle_memory": [asdict(m) for m in memory]}
+        args.json.write_text(json.dumps(data, indent=2))
     return 0
 
 

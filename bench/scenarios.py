@@ -10,6 +10,8 @@ redis-benchmark later is one more subclass registered in ``SCENARIOS``.
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -50,8 +52,15 @@ class Scenario(ABC):
         self.build = build
         self.workdir = workdir
 
+    def required_tools(self) -> list[Path]:
+        """Executables this scenario runs; :meth:`check` insists they exist."""
+        return []
+
     def check(self) -> None:
         """Raise with a helpful message if a tool this scenario needs is missing."""
+        for tool in self.required_tools():
+            if not tool.exists():
+                raise RuntimeError(f"{tool} is missing: run `make bench-tools` (or `make bench`)")
 
     @abstractmethod
     def start_server(self) -> Service:
@@ -64,6 +73,14 @@ class Scenario(ABC):
     @abstractmethod
     def run_load(self, port: int, spec: LoadSpec) -> LoadResult:
         """Drive load at ``127.0.0.1:port`` and return what was measured."""
+
+    def open_idle(self, port: int, count: int) -> list[socket.socket]:
+        """Open ``count`` connections that each served one request and now sit idle.
+
+        The default only connects; a scenario that can make a request should,
+        so the proxy has allocated what a used connection holds.
+        """
+        return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
 
 
 class TinyRpcScenario(Scenario):
@@ -80,10 +97,8 @@ class TinyRpcScenario(Scenario):
     def server_tool(self) -> Path:
         return self.build / "tinyrpc_server"
 
-    def check(self) -> None:
-        for tool in (self.load_tool, self.server_tool):
-            if not tool.exists():
-                raise RuntimeError(f"{tool} is missing: run `make bench-tools` (or `make bench`)")
+    def required_tools(self) -> list[Path]:
+        return [self.load_tool, self.server_tool]
 
     def start_server(self) -> Service:
         return start_with_ready_line("tinyrpc_server", [str(self.server_tool), "-p", "0"],
@@ -105,6 +120,42 @@ class TinyRpcScenario(Scenario):
         return LoadResult(rps=data["rps"], p50_us=data["p50_us"], p99_us=data["p99_us"],
                           requests=data["requests"], total_requests=data["total_requests"],
                           errors=data["errors"], seconds=data["seconds"])
+
+    def open_idle(self, port: int, count: int) -> list[socket.socket]:
+        socks = []
+        try:
+            for i in range(count):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                socks.append(sock)
+                sock.sendall(tinyrpc_request(i + 1))
+                _recv_frame(sock)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            raise
+        return socks
+
+
+def tinyrpc_request(request_id: int, service: str = "bench", method: str = "ping", body: bytes = b"") -> bytes:
+    """One tinyrpc request frame (the layout documented in codecs/tinyrpc/codec.py), built independently."""
+    names = b"".join(struct.pack(">H", len(s)) + s for s in (service.encode(), method.encode()))
+    rest = struct.pack(">BBBBQ", 1, 1, 0, 0, request_id) + names + struct.pack(">H", 0) + body
+    return struct.pack(">I", len(rest)) + rest
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed before a whole reply arrived")
+        data += chunk
+    return bytes(data)
+
+
+def _recv_frame(sock: socket.socket) -> bytes:
+    (length,) = struct.unpack(">I", _recv_exact(sock, 4))
+    return _recv_exact(sock, length)
 
 
 SCENARIOS: dict[str, type[Scenario]] = {TinyRpcScenario.name: TinyRpcScenario}
