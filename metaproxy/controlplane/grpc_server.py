@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from concurrent import futures
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
@@ -62,15 +63,7 @@ class _Streams:
                 event = events.get()
                 if event is _END:
                     return
-                if event is _CHANGE:
-                    while True:  # several changes queued: one look is enough
-                        try:
-                            nxt = events.get_nowait()
-                        except queue.Empty:
-                            break
-                        if nxt is not _CHANGE:
-                            events.put(nxt)  # keep it; order w.r.t. other changes does not matter
-                            break
+                if event is _CHANGE:  # idempotent: a second change with nothing new sends nothing
                     responses = machine.on_change()
                 else:
                     responses = machine.on_request(event)

@@ -4,7 +4,7 @@ The documents are the YAML an Aeraki user writes (Kubernetes style: camelCase
 keys such as ``mirrorPercentage``); the snake_case spelling of the proto
 (``mirror_percentage``) is accepted too. Every problem names the file, the
 document and the key path, e.g.
-``conf/routes/a.yaml#1 (MetaRouter demo): spec.routes[0].match.attributes.method: give exactly one of exact, prefix, regex``.
+``a.yaml#1 (MetaRouter demo): spec.routes[0].match.attributes.method: give exactly one of exact, prefix, regex``.
 
 Beyond Aeraki, a route may carry ``timeout``, ``retryPolicy`` and
 ``hashPolicy``, and ``spec.port`` names the service port when no destination

@@ -8,9 +8,9 @@ A snapshot is an immutable mapping, so a stream never sees half an update.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 

@@ -28,6 +28,8 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DeltaDiscoveryResponse,
     DiscoveryRequest,
     DiscoveryResponse,
+)
+from envoy.service.discovery.v3.discovery_pb2 import (
     Resource as ResourceProto,
 )
 

@@ -1,0 +1,243 @@
+"""The proxy's route discovery client: one RDS subscription feeding one RouteHolder.
+
+Each RouteConfiguration received is converted to a route-config dict
+(convert.py) and parsed by the proxy's own route parser, so a dynamic route is
+validated exactly like a static one. A good one replaces the table in the
+RouteHolder in one assignment (requests in flight keep the table they
+started with) and is ACKed; a bad one is NACKed with the reason and the last
+good table stays. When the stream breaks the subscription reconnects with
+jittered exponential backoff and resubscribes, sending the version it has so
+an unchanged control plane does not resend it.
+
+It uses plain threading primitives: under gevent (``patch_all()`` and
+``grpc.experimental.gevent.init_gevent()`` first, which the proxy's entry
+point does) they are greenlets, in tests they are threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3.base_pb2 import Node
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.route.v3 import rds_pb2_grpc
+from google.rpc.status_pb2 import Status
+
+from metaproxy.router import RouteHolder, RouteTable, parse_route_config
+from metaproxy.settings import ConfigError
+from metaproxy.xds.convert import UnsupportedRoute, route_config_to_dict
+from metaproxy.xds.resources import INVALID_ARGUMENT, ROUTE_TYPE_URL, resource_version, unpack
+
+log = logging.getLogger("metaproxy.xds")
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class _Rejected(Exception):
+    """An update the proxy will not apply; the message is the NACK's reason."""
+
+
+def default_node_id() -> str:
+    return f"metaproxy~{socket.gethostname()}~{os.getpid()}"
+
+
+class RdsSubscription:
+    """Subscribe to one route configuration by name over RDS (or ADS) and keep ``holder`` current.
+
+    ``updates``, ``rejects`` and ``reconnects`` are plain counters for stats;
+    ``version`` is the last ACKed version and ``table_version`` that of the
+    routes in force.
+    """
+
+    def __init__(self, holder: RouteHolder, server: str, route_config_name: str,
+                 initial_fetch_timeout: float = 15.0, *, node_id: str | None = None,
+                 backoff_base: float = 0.25, backoff_max: float = 10.0, use_ads: bool = False) -> None:
+        self.holder = holder
+        self.server = server
+        self.route_config_name = route_config_name
+        self.initial_fetch_timeout = initial_fetch_timeout
+        self.node_id = node_id or default_node_id()
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.use_ads = use_ads
+        self.updates = 0
+        self.rejects = 0
+        self.reconnects = 0
+        self.connected = False
+        self.version = ""
+        self.table_version = ""
+        self.last_error = ""
+        self._resource_version = ""
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._call: Any = None
+        self._channel: grpc.Channel | None = None
+        self._started_at = 0.0
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> RdsSubscription:
+        self._started_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"rds-{self.route_config_name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        call, channel = self._call, self._channel
+        if call is not None:
+            call.cancel()
+        if channel is not None:
+            channel.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the first routes are in force; True if they are.
+
+        With no ``timeout`` it waits for what is left of ``initial_fetch_timeout``
+        since :meth:`start`.
+        """
+        if timeout is None:
+            timeout = max(0.0, self.initial_fetch_timeout - (time.monotonic() - self._started_at))
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def config_dump(self) -> dict[str, Any]:
+        """What /config_dump shows for this listener's dynamic routes."""
+        table: RouteTable | None = self.holder.current
+        return {
+            "route_config_name": self.route_config_name, "server": self.server, "node": self.node_id,
+            "version": self.table_version, "connected": self.connected, "updates": self.updates,
+            "rejects": self.rejects, "reconnects": self.reconnects, "last_error": self.last_error,
+            "route_config": table.source if table is not None else None,
+        }
+
+    # -- the stream ------------------------------------------------------------
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            if self._stream_once():
+                attempt = 0
+            if self._stopping.is_set():
+                break
+            self.reconnects += 1
+            ceiling = min(self.backoff_max, self.backoff_base * (2 ** min(attempt, 16)))
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+            attempt += 1
+            log.info("rds %s: reconnecting to %s in %.2fs", self.route_config_name, self.server, delay)
+            self._stopping.wait(delay)
+
+    def _request(self, nonce: str = "", error: str | None = None) -> DiscoveryRequest:
+        req = DiscoveryRequest(version_info=self.version, resource_names=[self.route_config_name],
+                               type_url=ROUTE_TYPE_URL, response_nonce=nonce,
+                               node=Node(id=self.node_id, cluster="metaproxy"))
+        if error is not None:
+            req.error_detail.CopyFrom(Status(code=INVALID_ARGUMENT, message=error))
+        return req
+
+    def _stream_once(self) -> bool:
+        """One stream until it breaks; True if it received at least one response."""
+        outbox: queue.Queue = queue.Queue()
+        outbox.put(self._request())
+
+        def requests() -> Iterator[DiscoveryRequest]:
+            while True:
+                item = outbox.get()
+                if item is None:
+                    return
+                yield item
+
+        got_any = False
+        channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
+        self._channel = channel
+        try:
+            if self.use_ads:
+                call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(requests())
+            else:
+                call = rds_pb2_grpc.RouteDiscoveryServiceStub(channel).StreamRoutes(requests())
+            self._call = call
+            if self._stopping.is_set():
+                call.cancel()
+            for response in call:
+                if not got_any:
+                    got_any = True
+                    self.connected = True
+                    log.info("rds %s: connected to %s", self.route_config_name, self.server)
+                outbox.put(self._handle(response))
+        except grpc.RpcError as exc:
+            if not self._stopping.is_set():
+                code = exc.code() if hasattr(exc, "code") else None
+                log.warning("rds %s: stream to %s ended: %s", self.route_config_name, self.server,
+                            code.name if code is not None else exc)
+        except Exception:  # never let the subscription die: log and reconnect
+            log.exception("rds %s: unexpected error on the stream", self.route_config_name)
+        finally:
+            self.connected = False
+            outbox.put(None)
+            self._call = None
+            channel.close()
+        return got_any
+
+    def _handle(self, response: DiscoveryResponse) -> DiscoveryRequest:
+        """Apply one response; return the ACK or NACK to send."""
+        try:
+            applied = self._apply(response)
+        except _Rejected as exc:
+            self.rejects += 1
+            self.last_error = str(exc)
+            log.warning("rds %s: rejected version %s: %s", self.route_config_name, response.version_info, exc)
+            return self._request(response.nonce, error=str(exc))
+        self.version = response.version_info
+        if applied:
+            log.info("rds %s: version %s in force", self.route_config_name, response.version_info)
+        return self._request(response.nonce)
+
+    def _apply(self, response: DiscoveryResponse) -> bool:
+        if response.type_url and response.type_url != ROUTE_TYPE_URL:
+            raise _Rejected(f"unexpected resource type {response.type_url}")
+        found = None
+        for index, any_msg in enumerate(response.resources):
+            try:
+                config = unpack(any_msg)
+            except ValueError as exc:
+                raise _Rejected(f"resources[{index}]: {exc}") from None
+            if config.name == self.route_config_name:
+                found = config
+        if found is None:
+            return False  # not ours (or not there yet): nothing changes
+        rversion = resource_version(found)
+        if rversion == self._resource_version and self.holder.current is not None:
+            self.table_version = response.version_info
+            return False
+        try:
+            table = parse_route_config(route_config_to_dict(found), path=self.route_config_name,
+                                       version=response.version_info)
+        except UnsupportedRoute as exc:
+            raise _Rejected(str(exc)) from None
+        except ConfigError as exc:
+            raise _Rejected("; ".join(exc.problems)) from None
+        self.holder.set(table)
+        self._resource_version = rversion
+        self.table_version = response.version_info
+        self.updates += 1
+        self._ready.set()
+        return True

@@ -1,0 +1,106 @@
+"""Test helpers: MetaRouter documents, a raw xDS stream client, polling."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+import yaml
+from envoy.config.core.v3.base_pb2 import Node
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+from envoy.service.route.v3 import rds_pb2_grpc
+from google.rpc.status_pb2 import Status
+
+from metaproxy.xds.resources import ROUTE_TYPE_URL
+
+
+def meta_router(host: str = "demo", port: int = 9191, split: tuple[int, int] | None = (20, 80),
+                name: str = "demo", extra_routes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A MetaRouter for ``host`` with a v1/v2 split (or one v1 route when split is None)."""
+    if split is None:
+        dests = [{"destination": {"host": host, "subset": "v1"}}]
+    else:
+        dests = [{"destination": {"host": host, "subset": "v1"}, "weight": split[0]},
+                 {"destination": {"host": host, "subset": "v2"}, "weight": split[1]}]
+    routes = list(extra_routes or []) + [{"name": "split", "route": dests}]
+    return {"apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "MetaRouter",
+            "metadata": {"name": name}, "spec": {"hosts": [host], "port": port, "routes": routes}}
+
+
+def write_docs(path: Path, *docs: dict[str, Any]) -> None:
+    """Write YAML documents atomically (write a temp file, then rename), as editors and tools do."""
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump_all(list(docs), sort_keys=False))
+    tmp.replace(path)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Poll ``check`` until it returns something truthy; raise AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+class RawStream:
+    """A hand-driven xDS stream: send requests, read responses with a timeout."""
+
+    def __init__(self, channel: grpc.Channel, method: str = "sotw") -> None:
+        self._out: queue.Queue = queue.Queue()
+        self.responses: queue.Queue = queue.Queue()
+        stub = rds_pb2_grpc.RouteDiscoveryServiceStub(channel)
+        gen = iter(self._out.get, None)
+        self.call = stub.DeltaRoutes(gen) if method == "delta" else stub.StreamRoutes(gen)
+        self.error: grpc.RpcError | None = None
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            for resp in self.call:
+                self.responses.put(resp)
+        except grpc.RpcError as exc:
+            self.error = exc
+
+    def send(self, req: Any) -> None:
+        self._out.put(req)
+
+    def request(self, names: list[str], version: str = "", nonce: str = "", error: str | None = None,
+                node: str = "test-node") -> None:
+        req = DiscoveryRequest(version_info=version, resource_names=names, type_url=ROUTE_TYPE_URL,
+                               response_nonce=nonce, node=Node(id=node))
+        if error is not None:
+            req.error_detail.CopyFrom(Status(code=3, message=error))
+        self.send(req)
+
+    def delta(self, subscribe: list[str] = (), unsubscribe: list[str] = (), nonce: str = "",
+              initial: dict[str, str] | None = None, error: str | None = None, node: str = "test-node") -> None:
+        req = DeltaDiscoveryRequest(type_url=ROUTE_TYPE_URL, resource_names_subscribe=list(subscribe),
+                                    resource_names_unsubscribe=list(unsubscribe), response_nonce=nonce,
+                                    initial_resource_versions=initial or {}, node=Node(id=node))
+        if error is not None:
+            req.error_detail.CopyFrom(Status(code=3, message=error))
+        self.send(req)
+
+    def next(self, timeout: float = 5.0) -> Any:
+        return self.responses.get(timeout=timeout)
+
+    def expect_nothing(self, wait: float = 0.3) -> None:
+        """Assert no response arrives within ``wait`` seconds (a bounded negative check)."""
+        try:
+            resp = self.responses.get(timeout=wait)
+        except queue.Empty:
+            return
+        raise AssertionError(f"unexpected response: version {getattr(resp, 'version_info', '')} "
+                             f"nonce {resp.nonce}")
+
+    def close(self) -> None:
+        self._out.put(None)
+        self.call.cancel()
