@@ -378,16 +378,15 @@ def _cross_check(cfg: ProxyConfig, top: Section) -> None:
     from a control plane before clusters do, so it is a runtime
     ``cluster_not_found`` reply and a warning at start (see server.py).
     """
-    seen: set[str] = set()
-    for index, lc in enumerate(cfg.listeners):
-        if lc.name in seen:
-            top.problem(f"duplicate listener name {lc.name!r}", f"listeners[{index}].name")
-        seen.add(lc.name)
-    names = set()
-    for index, cc in enumerate(cfg.clusters):
-        if cc.name in names:
-            top.problem(f"duplicate cluster name {cc.name!r}", f"clusters[{index}].name")
-        names.add(cc.name)
+    for key in ("listeners", "clusters"):
+        seen: set[str] = set()
+        items = top.data.get(key)
+        for index, item in enumerate(items if isinstance(items, list) else []):
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str):
+                if name in seen:
+                    top.problem(f"duplicate {key[:-1]} name {name!r}", f"{key}[{index}].name")
+                seen.add(name)
 
 
 def parse_config(data: Any, source: str = "<config>") -> ProxyConfig:
