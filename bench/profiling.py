@@ -22,6 +22,9 @@ from pathlib import Path
 _BENCH = Path(__file__).resolve().parent
 _ROOT = _BENCH.parent
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*)\)$")
+#: Leaf frames where a thread blocks in C without py-spy noticing it is idle
+#: (gevent's threadpool workers waiting for work): not CPU, left out.
+_IDLE_LEAVES = frozenset({("acquire_with_timeout", "gevent/_threading.py")})
 
 
 def pyspy_path() -> str | None:
@@ -69,14 +72,17 @@ def summarize_pyspy(raw: Path, top: int = 15) -> str:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     per_file: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [_frame(f) for f in stack.split(";")]
+        if frames[-1] in _IDLE_LEAVES:
+            idle += n
+            continue
+        total += n
         func, file = frames[-1]
         own[f"{func} ({file})"] += n
         per_file[file] += n
@@ -92,7 +98,8 @@ def summarize_pyspy(raw: Path, top: int = 15) -> str:
         return "\n".join(lines)
 
     return "\n\n".join([
-        f"py-spy: {total} busy samples (idle event-loop waits excluded)",
+        f"py-spy: {total} busy samples (idle event-loop waits and {idle} samples of idle"
+        " threadpool workers excluded)",
         block("own time by function (where the CPU is spent)", own),
         block("inclusive time by function (what it is spent for)", inclusive),
         block("own time by file", per_file),

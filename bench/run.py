@@ -75,8 +75,10 @@ def machine_summary() -> str:
                 break
     except OSError:
         pass
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     return (f"machine: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {model}; "
-            f"Linux {platform.release()}; Python {platform.python_version()}; {_version(['haproxy', '-v'])}")
+            f"Linux {platform.release()}; Python {platform.python_version()}; {_version(['haproxy', '-v'])}; "
+            f"load average before the run: {load}")
 
 
 def idle_memory(scenario: Scenario, target: Target, proxy: Service, count: int) -> IdleMemory:
