@@ -187,6 +187,9 @@ end
 -- Status codes returned to Python: nil or 0 ok (0 with a scratch table), 1 local reply,
 -- 2 script error, 3 memory error.
 local function finish(ok, e)
+  -- An exhausted budget fails the call even if the script swallowed the abort
+  -- (an error inside an xpcall handler turns it into "error in error handling").
+  if budget < 0 then ok, e = false, STEP end
   budget = huge
   local sc = scratch
   scratch = nil
@@ -220,10 +223,12 @@ end
 -- or nil, reason.
 function host.compile(source, chunkname, config)
   local env = new_env(chunkname)
+  env.config = config
   local chunk, err = raw_load(source, "@" .. chunkname, "t", env)
   if not chunk then return nil, err end
   budget = step_limit
   local ok, e = raw_pcall(chunk)
+  if budget < 0 then ok, e = false, STEP end
   budget = huge
   if not ok then
     local text = describe(e)
@@ -247,6 +252,7 @@ function host.probe(source)
   if not chunk then return nil, err end
   budget = step_limit
   local ok, e = raw_pcall(chunk)
+  if budget < 0 then ok, e = false, STEP end
   budget = huge
   if not ok then return finish(false, e) end
   return e
