@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from metaproxy.message import ErrorType, Metadata, MessageType, ProxyError
+from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
 from tests.lua.conftest import ctx_for, respond
 
 
