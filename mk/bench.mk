@@ -4,7 +4,7 @@
 # `make deps-bench` installs what the benchmarks need, only when it is missing.
 
 BENCH_BUILD ?= build/bench
-BENCH_PYTHON ?= .venv/bin/python
+BENCH_PYTHON ?= $(if $(PY),$(PY),.venv/bin/python)
 BENCH_CC ?= gcc
 BENCH_CFLAGS ?= -O2 -Wall -Wextra -std=c11
 BENCH_ARGS ?=
@@ -19,16 +19,16 @@ $(BENCH_BUILD)/%: bench/%.c
 
 bench-tools: $(BENCH_BINARIES)
 
-bench: deps-bench bench-tools
+bench: venv deps-bench bench-tools
 	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
 
-bench-profile: deps-bench bench-tools
+bench-profile: venv deps-bench bench-tools
 	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) --profile $(BENCH_ARGS)
 
 # apt only when a tool is missing, so a second run is instant and offline.
 deps-bench:
-	@command -v haproxy >/dev/null 2>&1 || { apt-get update && apt-get install -y haproxy; }
-	@command -v $(BENCH_CC) >/dev/null 2>&1 || { apt-get update && apt-get install -y gcc libc6-dev; }
+	@command -v haproxy >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
+	@command -v $(BENCH_CC) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev; }
 	@test -x $(BENCH_PYTHON) || { echo "deps-bench: $(BENCH_PYTHON) missing (make the virtualenv first)"; exit 1; }
 	@test -x $(dir $(BENCH_PYTHON))py-spy \
 		|| $(BENCH_PYTHON) -m pip install --quiet py-spy || echo "deps-bench: py-spy not installed; --profile uses cProfile"
