@@ -43,6 +43,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "b": 1, "kb": 1024, "kib": 1024, "mb": 1024**2, "mib": 1024**2,
                "gb": 1024**3, "gib": 1024**3}
 _EMPTY = Metadata()
+_OPTION_KEYS = ("script", "source", "directory", "config", "step_limit", "max_memory", "reload_interval", "engine")
 
 
 def parse_size(value: Any) -> int:
@@ -106,7 +107,9 @@ class LuaFilter(Filter):
         self.max_memory = sec.take("max_memory", (int, str), DEFAULT_MAX_MEMORY, parse_size)
         self.reload_interval = sec.take("reload_interval", "duration", DEFAULT_RELOAD_INTERVAL)
         engine_name = sec.take("engine", str, "auto")
-        sec.finish()
+        for key in sec.data:
+            if key not in _OPTION_KEYS:
+                problems.append(f"{key}: unknown key {key!r} (known: {', '.join(_OPTION_KEYS)})")
         given = [k for k, v in (("script", script), ("source", source), ("directory", directory)) if v is not None]
         if len(given) != 1:
             problems.append("give exactly one of script, source or directory"
