@@ -70,11 +70,13 @@ class AckRegistry:
             record.acks += 1
             self.total_acks += 1
 
-    def nack(self, record: StreamRecord, version: str, nonce: str, reason: str) -> None:
+    def nack(self, record: StreamRecord, version: str, nonce: str, reason: str, kept: str = "") -> None:
+        """Record a NACK of ``version`` (sent with ``nonce``); ``kept`` is the version the client keeps."""
         with self._lock:
             record.nacks += 1
             self.total_nacks += 1
-            record.last_nack = {"version": version, "nonce": nonce, "reason": reason, "time": time.time()}
+            record.last_nack = {"version": version, "nonce": nonce, "reason": reason, "kept_version": kept,
+                                "time": time.time()}
 
     def view(self) -> dict[str, Any]:
         with self._lock:

@@ -43,7 +43,7 @@ class AdminServer:
         self.httpd = ThreadingHTTPServer(address, Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="cp-admin", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.1,), name="cp-admin", daemon=True)
 
     def start(self) -> None:
         self._thread.start()

@@ -75,10 +75,10 @@ class _Stream:
         if node_id and not self.record.node_id:
             self.record.node_id = node_id
 
-    def _nack(self, state: _TypeState, version: str, nonce: str, message: str) -> None:
+    def _nack(self, version: str, nonce: str, message: str, kept: str = "") -> None:
         log.warning("NACK from %s (stream %d) for version %s nonce %s: %s", self.record.node_id or self.record.peer,
                     self.record.stream_id, version, nonce, message)
-        self.registry.nack(self.record, version, nonce, message)
+        self.registry.nack(self.record, version, nonce, message, kept)
 
 
 class SotwStream(_Stream):
@@ -95,7 +95,7 @@ class SotwStream(_Stream):
                           req.response_nonce, state.nonce)
                 return []
             if req.HasField("error_detail"):
-                self._nack(state, state.sent_version, req.response_nonce, req.error_detail.message)
+                self._nack(state.sent_version, req.response_nonce, req.error_detail.message, req.version_info)
             else:
                 self.record.acked_version = req.version_info
                 self.record.acked_resources = dict(state.sent)
@@ -159,7 +159,7 @@ class DeltaStream(_Stream):
             if req.response_nonce != state.nonce:
                 self.record.stale_ignored += 1
             elif req.HasField("error_detail"):
-                self._nack(state, ",".join(f"{k}={v}" for k, v in (carried or {}).items()),
+                self._nack(",".join(f"{k}={v}" for k, v in (carried or {}).items()),
                            req.response_nonce, req.error_detail.message)
             else:
                 self.record.acked_resources.update(carried or {})

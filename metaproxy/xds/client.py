@@ -44,6 +44,7 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),  # while waiting for the channel; our own backoff is between streams
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
@@ -66,7 +67,8 @@ class RdsSubscription:
 
     def __init__(self, holder: RouteHolder, server: str, route_config_name: str,
                  initial_fetch_timeout: float = 15.0, *, node_id: str | None = None,
-                 backoff_base: float = 0.25, backoff_max: float = 10.0, use_ads: bool = False) -> None:
+                 backoff_base: float = 0.25, backoff_max: float = 10.0, use_ads: bool = False,
+                 connect_timeout: float = 5.0) -> None:
         self.holder = holder
         self.server = server
         self.route_config_name = route_config_name
@@ -75,6 +77,7 @@ class RdsSubscription:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.use_ads = use_ads
+        self.connect_timeout = connect_timeout
         self.updates = 0
         self.rejects = 0
         self.reconnects = 0
@@ -155,7 +158,11 @@ class RdsSubscription:
         return req
 
     def _stream_once(self) -> bool:
-        """One stream until it breaks; True if it received at least one response."""
+        """One stream until it breaks; True if it was worth something (a response, or a long life).
+
+        The channel is made ready first, so ``connected`` means "subscribed",
+        even while the control plane has nothing new to say.
+        """
         outbox: queue.Queue = queue.Queue()
         outbox.put(self._request())
 
@@ -167,9 +174,11 @@ class RdsSubscription:
                 yield item
 
         got_any = False
+        began = time.monotonic()
         channel = grpc.insecure_channel(self.server, options=_CHANNEL_OPTIONS)
         self._channel = channel
         try:
+            grpc.channel_ready_future(channel).result(timeout=self.connect_timeout)
             if self.use_ads:
                 call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(requests())
             else:
@@ -177,25 +186,28 @@ class RdsSubscription:
             self._call = call
             if self._stopping.is_set():
                 call.cancel()
+            self.connected = True
+            log.info("rds %s: subscribed at %s", self.route_config_name, self.server)
             for response in call:
-                if not got_any:
-                    got_any = True
-                    self.connected = True
-                    log.info("rds %s: connected to %s", self.route_config_name, self.server)
+                got_any = True
                 outbox.put(self._handle(response))
+        except grpc.FutureTimeoutError:
+            if not self._stopping.is_set():
+                log.warning("rds %s: cannot connect to %s", self.route_config_name, self.server)
         except grpc.RpcError as exc:
             if not self._stopping.is_set():
                 code = exc.code() if hasattr(exc, "code") else None
                 log.warning("rds %s: stream to %s ended: %s", self.route_config_name, self.server,
                             code.name if code is not None else exc)
         except Exception:  # never let the subscription die: log and reconnect
-            log.exception("rds %s: unexpected error on the stream", self.route_config_name)
+            if not self._stopping.is_set():
+                log.exception("rds %s: unexpected error on the stream", self.route_config_name)
         finally:
             self.connected = False
             outbox.put(None)
             self._call = None
             channel.close()
-        return got_any
+        return got_any or time.monotonic() - began > 5.0
 
     def _handle(self, response: DiscoveryResponse) -> DiscoveryRequest:
         """Apply one response; return the ACK or NACK to send."""

@@ -91,7 +91,7 @@ def test_translation_round_trips_into_a_working_route_table():
     assert split.retry_policy.retry_on == ("connect_failure", "reset")
     assert split.retry_policy.num_retries == 2
     assert split.retry_policy.per_try_timeout == pytest.approx(0.5)
-    picks = {split.pick_cluster(lambda: x) for x in (0.1, 0.5, 0.9)}
+    picks = {split.pick_cluster(lambda x=x: x) for x in (0.1, 0.5, 0.9)}
     assert picks == {"outbound|9090|v1|svc.ns.svc.cluster.local", "outbound|9090|v2|svc.ns.svc.cluster.local"}
 
 
