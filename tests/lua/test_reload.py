@@ -72,7 +72,8 @@ def test_a_broken_change_keeps_the_previous_version_and_says_why(make_filter, en
 def test_directory_files_added_removed_and_run_in_name_order(make_filter, engine, tmp_path):
     d = tmp_path / "scripts"
     d.mkdir()
-    (d / "20_b.lua").write_text('function on_request(h) h:mutation():set("order", (h:mutation():get("order") or "") .. "b") end\n')
+    (d / "20_b.lua").write_text(
+        'function on_request(h) h:mutation():set("order", (h:mutation():get("order") or "") .. "b") end\n')
     (d / "notes.txt").write_text("not a script")
     f = make_filter(engine=engine, directory="scripts", reload_interval="100ms")
     assert f.script_names == ["scripts/20_b.lua"]
@@ -134,7 +135,7 @@ def test_reload_under_load_loses_no_request(make_filter, engine, tmp_path):
     clients = [gevent.spawn(client) for _ in range(20)]
     for n in range(1, 6):
         write_atomic(path, tagger(f"v{n}"))
-        wait_for(lambda: seen and seen[-1] == f"v{n}")
+        wait_for(lambda n=n: seen and seen[-1] == f"v{n}")
     stop = True
     gevent.joinall(clients, timeout=5, raise_error=True)
     assert errors == [] and None not in seen
