@@ -136,8 +136,22 @@ class Hessian2Reader:
     def read_string(self, allow_null: bool = True) -> str | None:
         """Read a string (or null if allowed), the form Dubbo uses for its body header fields."""
         start = self.pos
+        buf = self.buf
         try:
-            tag = self.buf[start]
+            tag = buf[start]
+            # fast path: a one-chunk string, almost always ASCII (names, versions, tags)
+            if tag < 0x20:
+                first, end = start + 1, start + 1 + tag
+            elif 0x30 <= tag <= 0x33:
+                first = start + 2
+                end = first + (((tag - 0x30) << 8) | buf[start + 1])
+            else:
+                end = -1
+            if 0 <= end <= len(buf):
+                data = buf[first:end]
+                if data.isascii():
+                    self.pos = end
+                    return data.decode("ascii")
             if tag == 0x4E and allow_null:
                 self.pos = start + 1
                 return None

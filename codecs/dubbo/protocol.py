@@ -17,6 +17,7 @@ share the numbers without importing the codec.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 
 from metaproxy.message import ErrorType
 
@@ -78,6 +79,7 @@ def int_version(version: str) -> int:
     return total
 
 
+@lru_cache(maxsize=64)
 def supports_response_attachments(version: str | None) -> bool:
     """Whether a client speaking this Dubbo protocol version reads the *_WITH_ATTACHMENTS flags.
 
