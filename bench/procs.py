@@ -71,14 +71,19 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and every live process under it (worker processes count)."""
-    ticks = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and every live process under it (worker processes count).
+
+    The split matters: system time is the kernel's socket work, which any
+    proxy pays; user time is the proxy's own code.
+    """
+    user = system = 0
     for member in _descendants(pid):
         fields = _stat_fields(member)
         if fields:
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / _CLK_TCK
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
+    return user / _CLK_TCK, system / _CLK_TCK
 
 
 def rss_kib(pid: int) -> int:
@@ -218,6 +223,7 @@ def start_metaproxy(workdir: Path, listener_protocol: dict[str, Any], upstream_p
                     launcher: Sequence[str] | None = None) -> Service:
     """Run ``python -m metaproxy.cli run -c <generated yaml>`` (or the same under ``launcher``)."""
     port = free_port()
+    workdir = workdir.resolve()
     cfg = workdir / "metaproxy.yaml"
     cfg.write_text(yaml.safe_dump(metaproxy_config(listener_protocol, upstream_port, port), sort_keys=False))
     prefix = list(launcher) if launcher else [sys.executable, "-m", "metaproxy.cli"]

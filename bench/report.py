@@ -16,11 +16,19 @@ class Row:
     connections: int
     depth: int
     result: LoadResult
-    cpu_us_per_request: float | None  # None for the direct baseline (no proxy)
+    cpu_us: tuple[float, float] | None  # (user, system) µs per request; None for the direct baseline
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        return None if self.cpu_us is None else self.cpu_us[0] + self.cpu_us[1]
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(data.pop("result"))
+        cpu = data.pop("cpu_us")
+        data["cpu_user_us_per_request"] = None if cpu is None else cpu[0]
+        data["cpu_sys_us_per_request"] = None if cpu is None else cpu[1]
+        data["cpu_us_per_request"] = self.cpu_us_per_request
         return data
 
 
@@ -38,11 +46,13 @@ def _table(header: list[str], rows: Iterable[list[str]], left: int = 2) -> str:
 
 
 def results_table(rows: list[Row]) -> str:
-    header = ["scenario", "path", "conns", "depth", "req/s", "p50 µs", "p99 µs", "proxy CPU µs/req"]
+    header = ["scenario", "path", "conns", "depth", "req/s", "p50 µs", "p99 µs", "proxy CPU µs/req",
+              "of which user / sys"]
     return _table(header, ([
         r.scenario, r.target, str(r.connections), str(r.depth), f"{r.result.rps:,.0f}",
         f"{r.result.p50_us:.1f}", f"{r.result.p99_us:.1f}",
-        "-" if r.cpu_us_per_request is None else f"{r.cpu_us_per_request:.1f}",
+        "-" if r.cpu_us is None else f"{r.cpu_us[0] + r.cpu_us[1]:.1f}",
+        "-" if r.cpu_us is None else f"{r.cpu_us[0]:.1f} / {r.cpu_us[1]:.1f}",
     ] for r in rows))
 
 

@@ -8,7 +8,8 @@ scenarios.py) the upstream server is started once; then each path is
 measured at each connection count: client -> server, client -> HAProxy
 (mode tcp) -> server, client -> metaproxy -> server. Proxy CPU time per
 request comes from /proc (utime + stime of the proxy's process tree, read
-before and after the load run, divided by the requests it carried). All
+before and after the load run, divided by the requests it carried, warm-up
+included); it is also shown split into user and system (kernel) time. All
 numbers of one table come from the same run on the same machine, which is
 the only way to compare them honestly.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import Service, cpu_seconds, rss_kib
+from procs import Service, cpu_times, rss_kib
 from profiling import cprofile_launcher, pyspy_path, start_pyspy, summarize_cprofile, summarize_pyspy
 from report import IdleMemory, Row, memory_table, ratios_table, results_table
 from scenarios import SCENARIOS, LoadSpec, Scenario
@@ -76,9 +77,10 @@ def machine_summary() -> str:
     except OSError:
         pass
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    code = _version(["git", "-C", str(ROOT), "describe", "--always", "--dirty"])
     return (f"machine: {os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), {model}; "
             f"Linux {platform.release()}; Python {platform.python_version()}; {_version(['haproxy', '-v'])}; "
-            f"load average before the run: {load}")
+            f"load average before the run: {load}; code: {code}")
 
 
 def idle_memory(scenario: Scenario, target: Target, proxy: Service, count: int) -> IdleMemory:
@@ -103,14 +105,17 @@ def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[L
     try:
         for spec in specs:
             port = upstream.port if proxy is None else proxy.port
-            before = None if proxy is None else cpu_seconds(proxy.pid)
+            before = None if proxy is None else cpu_times(proxy.pid)
             result = scenario.run_load(port, spec)
-            cpu_us = None
-            if proxy is not None:
+            cpu = None
+            if proxy is not None and before is not None:
                 proxy.check_alive()
-                cpu_us = (cpu_seconds(proxy.pid) - before) * 1e6 / max(1, result.total_requests)
+                after = cpu_times(proxy.pid)
+                per_request = 1e6 / max(1, result.total_requests)
+                cpu = ((after[0] - before[0]) * per_request, (after[1] - before[1]) * per_request)
             upstream.check_alive()
-            row = Row(scenario.name, target.name, spec.connections, spec.depth, result, cpu_us)
+            row = Row(scenario.name, target.name, spec.connections, spec.depth, result, cpu)
+            cpu_us = row.cpu_us_per_request
             rows.append(row)
             print(f"  {scenario.name:10} {target.name:10} conns={spec.connections:<4} "
                   f"{result.rps:>10,.0f} req/s  p50 {result.p50_us:8.1f} µs  p99 {result.p99_us:8.1f} µs"
