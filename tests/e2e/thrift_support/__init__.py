@@ -1,0 +1,1 @@
+"""Real Thrift peers (Apache Thrift and thriftpy2 clients and servers) for the end-to-end tests."""
