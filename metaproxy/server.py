@@ -24,6 +24,7 @@ from metaproxy.chain import FilterChain, FilterEnv, RequestContext, load_filter_
 from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction
 from metaproxy.config import ListenerConfig
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
+from metaproxy.netio import send_all
 from metaproxy.observer import RequestObserver
 from metaproxy.router import RouteHolder
 from metaproxy.stats import ListenerStats, StatsStore
@@ -365,7 +366,7 @@ class DownstreamConnection:
 
     def send(self, data: bytes | bytearray) -> None:
         with self._write_lock:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
 
     def close(self) -> None:
         if self.closed:

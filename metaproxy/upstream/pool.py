@@ -27,6 +27,7 @@ from gevent.lock import Semaphore
 
 from metaproxy.codec import Codec, CodecError, DecodeStatus
 from metaproxy.message import ErrorType, Metadata, ProxyError
+from metaproxy.netio import send_all
 from metaproxy.stats import ClusterStats
 from metaproxy.upstream.endpoint import Endpoint
 
@@ -108,6 +109,10 @@ class MultiplexConnection:
         self._connecting: AsyncResult | None = None
         self._write_lock = Semaphore()
         self._reader: gevent.Greenlet | None = None
+        #: Requests encoded but not yet sent: requests that become ready in the
+        #: same loop iteration leave in one send (fewer syscalls under load).
+        self._out = bytearray()
+        self._batching = False
 
     def _ensure_connected(self) -> None:
         if self.sock is not None:
@@ -131,9 +136,8 @@ class MultiplexConnection:
         upstream_id = self.next_id
         downstream_id = metadata.get("request_id")
         metadata["request_id"] = upstream_id
-        out = bytearray()
         try:
-            _encode(self.codec, metadata, mutation, out, self.stats)
+            _encode(self.codec, metadata, mutation, self._out, self.stats)
         finally:
             metadata["request_id"] = downstream_id
         waiter = None
@@ -141,8 +145,8 @@ class MultiplexConnection:
             waiter = AsyncResult()
             self.pending[upstream_id] = waiter
         try:
-            with self._write_lock:
-                self.sock.sendall(out)  # type: ignore[union-attr]
+            if not self._batching:
+                self._flush_batch()
         except OSError as exc:
             self.pending.pop(upstream_id, None)
             self.close(ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET))
@@ -154,6 +158,18 @@ class MultiplexConnection:
         except gevent.Timeout:
             self.pending.pop(upstream_id, None)
             raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT) from None
+
+    def _flush_batch(self) -> None:
+        """Yield once so other ready requests can join, then send everything queued."""
+        self._batching = True
+        try:
+            gevent.sleep(0)
+        finally:
+            self._batching = False
+        data, self._out = self._out, bytearray()
+        if data and self.sock is not None:
+            with self._write_lock:
+                send_all(self.sock, data)
 
     def _read_loop(self) -> None:
         sock = self.sock
@@ -300,7 +316,7 @@ class ExclusivePool:
         _encode(conn.codec, metadata, mutation, out, self.stats)
         try:
             with gevent.Timeout(timeout, False):
-                conn.sock.sendall(out)
+                send_all(conn.sock, out)
                 if oneway:
                     self._release(conn)
                     return None
