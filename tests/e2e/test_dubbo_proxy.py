@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 GREETER = "org.example.Greeter"
 OTHER = "org.example.Other"
+SLOW = "org.example.Slow"
 
 
 def _route(name: str, matchers: dict[str, str], cluster: str, **extra: object) -> dict:
@@ -37,6 +38,7 @@ ROUTES = [
     _route("blue-group", {"group": "blue"}, "p3"),
     _route("mutate", {"method": "mutate"}, "p1", request_mutation=[{"key": "x-route", "value": "mutated"}],
            response_mutation=[{"key": "x-served-by", "value": "metaproxy"}]),
+    _route("slow", {"interface": SLOW}, "p1", timeout="300ms"),
     _route("greeter", {"interface": GREETER}, "p1"),
 ]
 
@@ -168,6 +170,32 @@ def test_unknown_interface_gets_a_dubbo_error_both_clients_report(mesh):
     assert result["res"] is None and result["err"]["name"] == "DubboDecodeError"
     assert "route" in result["err"]["message"].lower()
     assert all(call.interface != "org.example.Missing" for p in ("p1", "p2", "p3") for call in mesh[p].calls)
+
+
+def test_concurrent_calls_share_connections_and_get_their_own_answers(mesh):
+    calls = []
+    for i in range(40):
+        call = {"interface": GREETER, "version": "1.0.0", "method": "sleep" if i % 3 == 0 else "greet",
+                "args": [java_int((40 - i) * 5 if i % 3 == 0 else i)]}
+        if i % 2:
+            call["attachments"] = {"x-user": "canary"}
+        calls.append(call)
+    results = js_calls(mesh["address"], calls, parallel=True)
+    for i, result in enumerate(results):
+        assert result["err"] is None, f"call #{i}: {result['err']}"
+        seen = _seen(result["res"])
+        assert seen["args"] == [calls[i]["args"][0]["$"]] and seen["method"] == calls[i]["method"]
+        assert seen["provider"] == ("p2" if i % 2 else "p1")
+
+
+def test_timeout_gets_server_timeout_status(mesh):
+    request = _frame_from_dubbo2_js({"requestId": 8, "interface": SLOW, "version": "1.0.0", "method": "sleep",
+                                     "args": [java_int(1500)]})
+    reply = _exchange(mesh["address"], request)
+    assert reply[3] == 31 and struct.unpack_from(">q", reply, 4)[0] == 8
+    [result] = js_calls(mesh["address"], [{"interface": SLOW, "version": "1.0.0", "method": "sleep",
+                                           "args": [java_int(1500)]}])
+    assert result["err"]["name"] == "DubboDecodeError" and "time" in result["err"]["message"].lower()
 
 
 def test_log_has_no_tracebacks(mesh):

@@ -20,12 +20,15 @@ def ssl_call(address: tuple[str, int], interface: str, method: str, args: list[A
 
 
 def js_calls(address: tuple[str, int], calls: list[dict[str, Any]], timeout: float = 5.0,
-             dubbo_version: str = "2.0.2") -> list[dict[str, Any]]:
-    """Calls made in order by dubbo2.js (DirectlyDubbo); each result is {"res": ..., "err": ...}."""
+             dubbo_version: str = "2.0.2", parallel: bool = False) -> list[dict[str, Any]]:
+    """Calls made by dubbo2.js (DirectlyDubbo), one after another or all at once; results in call order.
+
+    Each result is {"res": ..., "err": None | {"name", "message"}}.
+    """
     assert (JS_DIR / "node_modules" / "dubbo2.js").is_dir(), (
         "tests/js/node_modules is missing: run `make deps-dubbo` (npm ci in tests/js)")
     payload = json.dumps({"address": f"{address[0]}:{address[1]}", "calls": calls, "timeout": timeout,
-                          "dubboVersion": dubbo_version})
+                          "dubboVersion": dubbo_version, "parallel": parallel})
     done = subprocess.run(["node", str(JS_DIR / "dubbo2js_call.js")], input=payload, capture_output=True,
                           text=True, timeout=timeout * len(calls) + 20, cwd=JS_DIR, check=False)
     assert done.returncode == 0, f"dubbo2.js script failed: {done.stderr}"

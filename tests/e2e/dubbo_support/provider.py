@@ -15,6 +15,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +94,17 @@ class DubboProvider:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        send_lock = threading.Lock()
+
+        def answer(body: bytes, request_id: int, two_way: bool) -> None:
+            reply = self._handle(body, request_id)
+            if two_way:
+                with send_lock:
+                    try:
+                        conn.sendall(reply)
+                    except OSError:
+                        pass  # the proxy gave up on this request and closed, or the test ended
+
         with conn:
             while True:
                 header = _recv_exact(conn, 16)
@@ -106,11 +118,11 @@ class DubboProvider:
                     with self._lock:
                         self.heartbeats += 1
                     if flag & 0x40:
-                        conn.sendall(_HEADER.pack(0xDABB, 0x22, 20, request_id, 1) + b"N")
+                        with send_lock:
+                            conn.sendall(_HEADER.pack(0xDABB, 0x22, 20, request_id, 1) + b"N")
                     continue
-                reply = self._handle(body, request_id)
-                if flag & 0x40:
-                    conn.sendall(reply)
+                # one thread per request, like a real provider's pool: replies may come back out of order
+                threading.Thread(target=answer, args=(body, request_id, bool(flag & 0x40)), daemon=True).start()
 
     def _handle(self, body: bytes, request_id: int) -> bytes:
         reader = SslDecoder(bytearray(body))
@@ -120,6 +132,8 @@ class DubboProvider:
         call = Call(self.name, dubbo_version, interface, version, method, desc, args, attachments or {})
         with self._lock:
             self.calls.append(call)
+        if method == "sleep" and args and isinstance(args[0], int):
+            time.sleep(args[0] / 1000)  # lets tests see timeouts and out-of-order replies
         seen = json.dumps({"provider": self.name, "interface": interface, "version": version, "method": method,
                            "parameter_types": desc, "args": args, "attachments": attachments}, default=str,
                           sort_keys=True)
