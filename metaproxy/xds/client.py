@@ -124,14 +124,14 @@ class RdsSubscription:
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    def config_dump(self) -> dict[str, Any]:
-        """What /config_dump shows for this listener's dynamic routes."""
+    def status(self) -> dict[str, Any]:
+        """What the admin /config_dump shows for this listener's dynamic routes."""
         table: RouteTable | None = self.holder.current
         return {
             "route_config_name": self.route_config_name, "server": self.server, "node": self.node_id,
-            "version": self.table_version, "connected": self.connected, "updates": self.updates,
+            "version": self.table_version, "acked_version": self.version, "ready": self.ready,
+            "routes_in_force": table is not None, "connected": self.connected, "updates": self.updates,
             "rejects": self.rejects, "reconnects": self.reconnects, "last_error": self.last_error,
-            "route_config": table.source if table is not None else None,
         }
 
     # -- the stream ------------------------------------------------------------

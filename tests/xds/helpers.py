@@ -105,3 +105,58 @@ class RawStream:
     def close(self) -> None:
         self._out.put(None)
         self.call.cancel()
+
+
+class ControlPlaneProcess:
+    """``metaproxy control-plane`` as a subprocess on given ports; ready when /healthz answers."""
+
+    def __init__(self, routes_dir: Path, log_path: Path, port: int, admin_port: int,
+                 extra: list[str] | None = None) -> None:
+        self.routes_dir = routes_dir
+        self.log_path = log_path
+        self.port = port
+        self.admin_port = admin_port
+        self.extra = extra or []
+        self.proc: Any = None
+
+    def start(self, timeout: float = 15.0) -> "ControlPlaneProcess":
+        import subprocess
+        import sys
+
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "metaproxy.cli", "control-plane", "--config-dir", str(self.routes_dir),
+             "--listen", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}",
+             "--poll", "10ms", "--debounce", "20ms", *self.extra],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.proc.poll() is not None or self.get("/healthz"), timeout, 0.02)
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"control plane exited: {self.log_path.read_text()}")
+        return self
+
+    def get(self, path: str) -> Any:
+        import json
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def kill(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(5)
+            self._log.close()
