@@ -1,0 +1,74 @@
+"""One wasmtime Engine per process (and per fuel setting), with its epoch ticker.
+
+Epoch interruption bounds every guest call by wall time: the store's deadline
+is "N ticks from now", and a ticker advances the engine's epoch every
+``TICK_SECONDS``. The ticker must be a real OS thread: the guest runs inside a
+ctypes call that holds the process's only gevent hub, so a greenlet (or a
+gevent-patched ``threading.Timer``) would never get to tick while a module
+loops. Under ``gevent.monkey.patch_all`` the original ``threading.Thread`` and
+``time.sleep`` are used. The thread only calls ``wasmtime_engine_increment_epoch``,
+which is safe from any thread.
+
+Engines are per process id: after a fork the child builds its own (and its own
+ticker, since threads do not survive fork).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import wasmtime
+
+from metaproxy.wasm.native import increment_epoch
+
+TICK_SECONDS = 0.01
+
+_engines: dict[tuple[int, bool], wasmtime.Engine] = {}
+_lock = threading.Lock()
+
+
+def _original_threading() -> tuple[Any, Any]:
+    """(Thread class, sleep function) that are real OS ones even under gevent monkey-patching."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return threading.Thread, time.sleep
+    thread = monkey.get_original("threading", "Thread") if monkey.is_module_patched("threading") \
+        else threading.Thread
+    sleep = monkey.get_original("time", "sleep") if monkey.is_module_patched("time") else time.sleep
+    return thread, sleep
+
+
+def _tick_forever(engine: wasmtime.Engine, sleep: Any) -> None:
+    while True:
+        sleep(TICK_SECONDS)
+        increment_epoch(engine)
+
+
+def get_engine(fuel: bool) -> wasmtime.Engine:
+    """The process's engine for modules bounded by epochs (and by fuel when ``fuel``)."""
+    key = (os.getpid(), fuel)
+    engine = _engines.get(key)
+    if engine is not None:
+        return engine
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            config = wasmtime.Config()
+            config.epoch_interruption = True
+            config.consume_fuel = fuel
+            engine = wasmtime.Engine(config)
+            thread_class, sleep = _original_threading()
+            ticker = thread_class(target=_tick_forever, args=(engine, sleep), name="wasm-epoch-ticker",
+                                  daemon=True)
+            ticker.start()
+            _engines[key] = engine
+    return engine
+
+
+def ticks_for(seconds: float) -> int:
+    """Epoch deadline for a call bounded by ``seconds`` (one more tick: the current one is partly gone)."""
+    return max(1, int(seconds / TICK_SECONDS + 0.999)) + 1

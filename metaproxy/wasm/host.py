@@ -1,0 +1,482 @@
+"""The host side of Proxy-Wasm: what each imported function does, against metaproxy's data.
+
+One :class:`AbiHost` serves one VM instance. Its methods carry the names of the
+imports they implement (``proxy_get_header_map_value``...; WASI ones are
+``wasi_<name>``) and take the raw integers of the call; vm.py binds them to
+the module's imports and falls back to :func:`unimplemented` for the rest.
+
+The header maps are metaproxy's Metadata and Mutation:
+
+* request headers  = ``ctx.metadata`` read as strings, with ``ctx.mutation`` applied;
+* response headers = ``ctx.response_metadata`` with ``ctx.response_mutation`` applied;
+* writes (add/replace/set pairs) go to the Mutation, so the codec writes them on the
+  wire, and later reads in any filter see them. ``remove`` drops a key a filter
+  added; a key decoded from the message stays (the Mutation cannot delete).
+
+Host functions never block and never log directly: a guest call runs to the
+end without a gevent switch (another greenlet must not enter the same
+instance), and log lines are kept in :attr:`AbiHost.logs` until the call returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError
+from metaproxy.wasm import abi, properties
+from metaproxy.wasm.metrics import MetricRegistry
+from metaproxy.wasm.native import GuestExit, GuestFunction, GuestMemory
+
+_PY_LEVEL_TO_ABI = ((logging.DEBUG, abi.LOG_DEBUG), (logging.INFO, abi.LOG_INFO),
+                    (logging.WARNING, abi.LOG_WARN), (logging.ERROR, abi.LOG_ERROR))
+_ABI_TO_PY_LEVEL = {abi.LOG_TRACE: logging.DEBUG, abi.LOG_DEBUG: logging.DEBUG, abi.LOG_INFO: logging.INFO,
+                    abi.LOG_WARN: logging.WARNING, abi.LOG_ERROR: logging.ERROR, abi.LOG_CRITICAL: logging.CRITICAL}
+_U32_MAX = 0xFFFFFFFF
+
+
+def error_kind_for(status: int, grpc_status: int) -> ErrorType:
+    """The ErrorType a local response means: by HTTP status, else by gRPC status."""
+    by_http = {401: ErrorType.PERMISSION_DENIED, 403: ErrorType.PERMISSION_DENIED, 404: ErrorType.ROUTE_NOT_FOUND,
+               408: ErrorType.TIMEOUT, 429: ErrorType.OVER_LIMIT, 502: ErrorType.BAD_RESPONSE,
+               503: ErrorType.NO_HEALTHY_UPSTREAM, 504: ErrorType.TIMEOUT}
+    kind = by_http.get(status)
+    if kind is not None:
+        return kind
+    by_grpc = {4: ErrorType.TIMEOUT, 5: ErrorType.ROUTE_NOT_FOUND, 7: ErrorType.PERMISSION_DENIED,
+               8: ErrorType.OVER_LIMIT, 14: ErrorType.NO_HEALTHY_UPSTREAM, 16: ErrorType.PERMISSION_DENIED}
+    return by_grpc.get(grpc_status, ErrorType.UNSPECIFIED)
+
+
+class Stream:
+    """One request as the module sees it: a Proxy-Wasm stream context."""
+
+    __slots__ = ("context_id", "ctx", "local_reply", "continued", "generation", "finished", "__weakref__")
+
+    def __init__(self, context_id: int, ctx: Any, generation: int) -> None:
+        self.context_id = context_id
+        self.ctx = ctx
+        self.local_reply: ProxyError | None = None
+        self.continued = False
+        self.generation = generation
+        self.finished = False
+
+
+class Identity:
+    """Who the plugin is: answers ``plugin_*`` properties and names it in logs and stats."""
+
+    __slots__ = ("plugin_name", "root_id", "vm_id", "module_name")
+
+    def __init__(self, plugin_name: str, root_id: str, vm_id: str, module_name: str) -> None:
+        self.plugin_name = plugin_name
+        self.root_id = root_id
+        self.vm_id = vm_id
+        self.module_name = module_name
+
+
+def unimplemented(*_args: int) -> int:
+    """Any Proxy-Wasm function metaproxy does not offer (HTTP/gRPC calls, shared data, queues...)."""
+    return abi.UNIMPLEMENTED
+
+
+def wasi_unsupported(*_args: int) -> int:
+    """Filesystem, sockets and the like: not in the sandbox."""
+    return abi.WASI_NOTSUP
+
+
+def wasi_bad_fd(*_args: int) -> int:
+    """fd_* calls: there are no open files (this also ends wasi-libc's preopen scan)."""
+    return abi.WASI_BADF
+
+
+class AbiHost:
+    """State and host functions of one instance: memory, contexts, configuration, logs."""
+
+    def __init__(self, identity: Identity, plugin_config: bytes, vm_config: bytes, metrics: MetricRegistry,
+                 logger: logging.Logger) -> None:
+        self.identity = identity
+        self.plugin_config = plugin_config
+        self.vm_config = vm_config
+        self.metrics = metrics
+        self.logger = logger
+        self.memory: GuestMemory | None = None
+        self.allocate: GuestFunction | None = None
+        self.root_context_id = 1
+        #: Stream of the effective context; None while the root context is active.
+        self.current: Stream | None = None
+        self.streams: dict[int, Stream] = {}
+        self.tick_period_ms = 0
+        #: Contexts whose proxy_on_done said "not yet" and that then called proxy_done.
+        self.done_requested: list[int] = []
+        self.awaiting_done: set[int] = set()
+        self.logs: list[tuple[int, str]] = []
+        self._stdio = {1: b"", 2: b""}
+
+    def attach(self, memory: GuestMemory, allocate: GuestFunction | None) -> None:
+        self.memory = memory
+        self.allocate = allocate
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _read(self, ptr: int, size: int) -> bytes | None:
+        return self.memory.read(ptr, size)  # type: ignore[union-attr]
+
+    def _read_str(self, ptr: int, size: int) -> str | None:
+        data = self.memory.read(ptr, size)  # type: ignore[union-attr]
+        return None if data is None else data.decode("utf-8", "replace")
+
+    def _return_bytes(self, data: bytes, ptr_ptr: int, size_ptr: int) -> int:
+        """Copy ``data`` into guest memory the guest allocated, and tell it where (pointer, size)."""
+        memory = self.memory
+        if not data:
+            ok = memory.write_u32_pair(ptr_ptr, 0, size_ptr, 0)  # type: ignore[union-attr]
+            return abi.OK if ok else abi.INVALID_MEMORY_ACCESS
+        if self.allocate is None:
+            return abi.INTERNAL_FAILURE
+        ptr = self.allocate(len(data))
+        if not ptr or not memory.write(ptr, data):  # type: ignore[union-attr]
+            return abi.INVALID_MEMORY_ACCESS
+        ok = memory.write_u32_pair(ptr_ptr, ptr, size_ptr, len(data))  # type: ignore[union-attr]
+        return abi.OK if ok else abi.INVALID_MEMORY_ACCESS
+
+    def _maps(self, map_type: int) -> tuple[Metadata | None, Mutation] | None:
+        """(metadata, mutation) behind a header map, or None when that map is not available now."""
+        stream = self.current
+        if stream is None:
+            return None
+        ctx = stream.ctx
+        if map_type == abi.MAP_REQUEST_HEADERS:
+            return ctx.metadata, ctx.mutation
+        if map_type == abi.MAP_RESPONSE_HEADERS:
+            return ctx.response_metadata, ctx.response_mutation
+        return None
+
+    @staticmethod
+    def view_pairs(metadata: Metadata | None, mutation: Mutation) -> list[tuple[str, str]]:
+        """The map as the module sees it: Metadata strings with the Mutation applied, in order."""
+        if metadata is None:
+            return list(mutation.items())
+        if not mutation:
+            return list(metadata.str_items())
+        pairs = [(key, mutation.get(key, value)) for key, value in metadata.str_items()]
+        pairs.extend((key, value) for key, value in mutation.items() if metadata.get(key) is None)
+        return pairs
+
+    @staticmethod
+    def view_value(metadata: Metadata | None, mutation: Mutation, key: str) -> str | None:
+        value = mutation.get(key)
+        if value is None and metadata is not None:
+            value = metadata.get_str(key)
+        return value
+
+    def header_value(self, key: str) -> str | None:
+        """The current request's header-map value of ``key`` (for ``metaprotocol.*`` properties)."""
+        stream = self.current
+        if stream is None:
+            return None
+        return self.view_value(stream.ctx.metadata, stream.ctx.mutation, key)
+
+    def log_threshold(self) -> int:
+        level = self.logger.getEffectiveLevel()
+        for py_level, abi_level in _PY_LEVEL_TO_ABI:
+            if level <= py_level:
+                return abi_level
+        return abi.LOG_CRITICAL
+
+    def flush_logs(self) -> None:
+        """Emit what the module logged during the call that just returned (outside the guest)."""
+        logs, self.logs = self.logs, []
+        prefix = f"wasm[{self.identity.plugin_name}]"
+        for level, message in logs:
+            self.logger.log(_ABI_TO_PY_LEVEL.get(level, logging.INFO), "%s %s", prefix, message)
+
+    # -- logging and clocks ------------------------------------------------------------------------
+    def proxy_log(self, level: int, ptr: int, size: int) -> int:
+        if level > abi.LOG_CRITICAL:
+            return abi.BAD_ARGUMENT
+        if level < self.log_threshold():
+            return abi.OK
+        message = self._read_str(ptr, size)
+        if message is None:
+            return abi.INVALID_MEMORY_ACCESS
+        self.logs.append((level, message))
+        return abi.OK
+
+    def proxy_get_log_level(self, ret_ptr: int) -> int:
+        return abi.OK if self.memory.write_u32(ret_ptr, self.log_threshold()) else abi.INVALID_MEMORY_ACCESS
+
+    def proxy_get_current_time_nanoseconds(self, ret_ptr: int) -> int:
+        return abi.OK if self.memory.write_u64(ret_ptr, time.time_ns()) else abi.INVALID_MEMORY_ACCESS
+
+    def proxy_set_tick_period_milliseconds(self, period: int) -> int:
+        self.tick_period_ms = period
+        return abi.OK
+
+    # -- contexts ----------------------------------------------------------------------------------
+    def proxy_set_effective_context(self, context_id: int) -> int:
+        if context_id == self.root_context_id:
+            self.current = None
+            return abi.OK
+        stream = self.streams.get(context_id)
+        if stream is None:
+            return abi.BAD_ARGUMENT
+        self.current = stream
+        return abi.OK
+
+    def proxy_done(self) -> int:
+        context_id = self.current.context_id if self.current is not None else self.root_context_id
+        if context_id not in self.awaiting_done:
+            return abi.NOT_FOUND
+        self.awaiting_done.discard(context_id)
+        self.done_requested.append(context_id)
+        return abi.OK
+
+    # -- configuration buffers -----------------------------------------------------------------------
+    def _buffer(self, buffer_type: int) -> bytes | int:
+        if buffer_type == abi.BUFFER_PLUGIN_CONFIGURATION:
+            return self.plugin_config
+        if buffer_type == abi.BUFFER_VM_CONFIGURATION:
+            return self.vm_config
+        return abi.BAD_ARGUMENT if buffer_type > abi.BUFFER_MAX else abi.NOT_FOUND
+
+    def proxy_get_buffer_bytes(self, buffer_type: int, start: int, max_size: int, ptr_ptr: int,
+                               size_ptr: int) -> int:
+        data = self._buffer(buffer_type)
+        if isinstance(data, int):
+            return data
+        if start > len(data):
+            return abi.BAD_ARGUMENT
+        return self._return_bytes(data[start:start + max_size], ptr_ptr, size_ptr)
+
+    def proxy_get_buffer_status(self, buffer_type: int, size_ptr: int, flags_ptr: int) -> int:
+        data = self._buffer(buffer_type)
+        if isinstance(data, int):
+            return data
+        ok = self.memory.write_u32_pair(size_ptr, len(data), flags_ptr, 0)
+        return abi.OK if ok else abi.INVALID_MEMORY_ACCESS
+
+    def proxy_set_buffer_bytes(self, buffer_type: int, *_rest: int) -> int:
+        data = self._buffer(buffer_type)
+        return data if isinstance(data, int) else abi.BAD_ARGUMENT  # configuration is read-only
+
+    def proxy_get_configuration(self, ptr_ptr: int, size_ptr: int) -> int:
+        """ABI 0.1.0's way to read the plugin configuration."""
+        return self._return_bytes(self.plugin_config, ptr_ptr, size_ptr)
+
+    # -- header maps ---------------------------------------------------------------------------------
+    def proxy_get_header_map_size(self, map_type: int, size_ptr: int) -> int:
+        maps = self._maps(map_type)
+        if maps is None:
+            return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
+        size = len(abi.serialize_pairs(self.view_pairs(*maps)))
+        return abi.OK if self.memory.write_u32(size_ptr, size) else abi.INVALID_MEMORY_ACCESS
+
+    def proxy_get_header_map_pairs(self, map_type: int, ptr_ptr: int, size_ptr: int) -> int:
+        maps = self._maps(map_type)
+        if maps is None:
+            return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
+        return self._return_bytes(abi.serialize_pairs(self.view_pairs(*maps)), ptr_ptr, size_ptr)
+
+    def proxy_set_header_map_pairs(self, map_type: int, ptr: int, size: int) -> int:
+        maps = self._maps(map_type)
+        if maps is None:
+            return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
+        blob = self._read(ptr, size)
+        if blob is None:
+            return abi.INVALID_MEMORY_ACCESS
+        try:
+            wanted = dict(abi.deserialize_pairs(blob))
+        except ValueError:
+            return abi.BAD_ARGUMENT
+        metadata, mutation = maps
+        for key in [k for k in mutation if k not in wanted]:
+            del mutation[key]
+        for key, value in wanted.items():
+            if self.view_value(metadata, mutation, key) != value:
+                mutation[key] = value
+        return abi.OK
+
+    def proxy_get_header_map_value(self, map_type: int, key_ptr: int, key_size: int, ptr_ptr: int,
+                                   size_ptr: int) -> int:
+        maps = self._maps(map_type)
+        if maps is None:
+            return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
+        key = self._read_str(key_ptr, key_size)
+        if key is None:
+            return abi.INVALID_MEMORY_ACCESS
+        value = self.view_value(maps[0], maps[1], key)
+        if value is None:
+            return abi.NOT_FOUND
+        return self._return_bytes(value.encode("utf-8"), ptr_ptr, size_ptr)
+
+    def _write_value(self, map_type: int, key_ptr: int, key_size: int, value_ptr: int, value_size: int,
+                     append: bool) -> int:
+        maps = self._maps(map_type)
+        if maps is None:
+            return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
+        key = self._read_str(key_ptr, key_size)
+        value = self._read_str(value_ptr, value_size)
+        if key is None or value is None:
+            return abi.INVALID_MEMORY_ACCESS
+        if append:
+            old = self.view_value(maps[0], maps[1], key)
+            if old is not None:
+                value = f"{old},{value}"  # one value per key: fold like repeated HTTP headers
+        maps[1][key] = value
+        return abi.OK
+
+    def proxy_add_header_map_value(self, map_type: int, key_ptr: int, key_size: int, value_ptr: int,
+                                   value_size: int) -> int:
+        return self._write_value(map_type, key_ptr, key_size, value_ptr, value_size, append=True)
+
+    def proxy_replace_header_map_value(self, map_type: int, key_ptr: int, key_size: int, value_ptr: int,
+                                       value_size: int) -> int:
+        return self._write_value(map_type, key_ptr, key_size, value_ptr, value_size, append=False)
+
+    def proxy_remove_header_map_value(self, map_type: int, key_ptr: int, key_size: int) -> int:
+        maps = self._maps(map_type)
+        if maps is None:
+            return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
+        key = self._read_str(key_ptr, key_size)
+        if key is None:
+            return abi.INVALID_MEMORY_ACCESS
+        maps[1].pop(key, None)
+        return abi.OK
+
+    # -- stream control --------------------------------------------------------------------------------
+    def proxy_send_local_response(self, status: int, details_ptr: int, details_size: int, body_ptr: int,
+                                  body_size: int, _headers_ptr: int, _headers_size: int, grpc_status: int) -> int:
+        details = self._read_str(details_ptr, details_size)
+        body = self._read_str(body_ptr, body_size)
+        if details is None or body is None:
+            return abi.INVALID_MEMORY_ACCESS
+        if self.current is None:
+            return abi.NOT_FOUND
+        grpc = -1 if grpc_status == _U32_MAX else grpc_status
+        message = details or body or f"local response {status} from wasm filter {self.identity.plugin_name}"
+        self.current.local_reply = ProxyError(error_kind_for(status, grpc), message)
+        return abi.OK
+
+    def proxy_continue_stream(self, stream_type: int) -> int:
+        if stream_type > abi.STREAM_UPSTREAM:
+            return abi.BAD_ARGUMENT
+        if stream_type > abi.STREAM_RESPONSE:
+            return abi.UNIMPLEMENTED
+        if self.current is not None:
+            self.current.continued = True
+        return abi.OK
+
+    def proxy_close_stream(self, stream_type: int) -> int:
+        if stream_type > abi.STREAM_UPSTREAM:
+            return abi.BAD_ARGUMENT
+        if self.current is not None and self.current.local_reply is None:
+            self.current.local_reply = ProxyError(
+                ErrorType.UNSPECIFIED, f"request reset by wasm filter {self.identity.plugin_name}")
+        return abi.OK
+
+    def proxy_continue_request(self) -> int:
+        return self.proxy_continue_stream(abi.STREAM_REQUEST)
+
+    def proxy_continue_response(self) -> int:
+        return self.proxy_continue_stream(abi.STREAM_RESPONSE)
+
+    def proxy_clear_route_cache(self) -> int:
+        return abi.OK  # routes are chosen after the filters run: nothing is cached yet
+
+    # -- properties --------------------------------------------------------------------------------------
+    def proxy_get_property(self, path_ptr: int, path_size: int, ptr_ptr: int, size_ptr: int) -> int:
+        raw = self._read(path_ptr, path_size)
+        if raw is None:
+            return abi.INVALID_MEMORY_ACCESS
+        ctx = self.current.ctx if self.current is not None else None
+        value = properties.resolve(properties.normalize(raw), self.identity, ctx, self.header_value)
+        if value is None:
+            return abi.NOT_FOUND
+        return self._return_bytes(value, ptr_ptr, size_ptr)
+
+    # -- metrics -------------------------------------------------------------------------------------------
+    def proxy_define_metric(self, metric_type: int, name_ptr: int, name_size: int, id_ptr: int) -> int:
+        if metric_type > abi.METRIC_HISTOGRAM:
+            return abi.BAD_ARGUMENT
+        name = self._read_str(name_ptr, name_size)
+        if name is None:
+            return abi.INVALID_MEMORY_ACCESS
+        metric_id = self.metrics.define(metric_type, name)
+        return abi.OK if self.memory.write_u32(id_ptr, metric_id) else abi.INVALID_MEMORY_ACCESS
+
+    def proxy_increment_metric(self, metric_id: int, delta: int) -> int:
+        return self.metrics.increment(metric_id, delta)
+
+    def proxy_record_metric(self, metric_id: int, value: int) -> int:
+        return self.metrics.record(metric_id, value & 0xFFFFFFFFFFFFFFFF)
+
+    def proxy_get_metric(self, metric_id: int, ret_ptr: int) -> int:
+        value = self.metrics.get(metric_id)
+        if value is None:
+            return abi.NOT_FOUND
+        return abi.OK if self.memory.write_u64(ret_ptr, value) else abi.INVALID_MEMORY_ACCESS
+
+    # -- WASI preview1 ---------------------------------------------------------------------------------------
+    def wasi_fd_write(self, fd: int, iovs: int, iovs_len: int, written_ptr: int) -> int:
+        if fd not in self._stdio:
+            return abi.WASI_BADF
+        vec = self._read(iovs, 8 * iovs_len)
+        if vec is None:
+            return abi.WASI_FAULT
+        chunks = []
+        for index in range(iovs_len):
+            ptr = int.from_bytes(vec[8 * index:8 * index + 4], "little")
+            size = int.from_bytes(vec[8 * index + 4:8 * index + 8], "little")
+            data = self._read(ptr, size)
+            if data is None:
+                return abi.WASI_FAULT
+            chunks.append(data)
+        data = self._stdio[fd] + b"".join(chunks)
+        *lines, rest = data.split(b"\n")
+        level = abi.LOG_INFO if fd == 1 else abi.LOG_ERROR
+        self.logs.extend((level, line.decode("utf-8", "replace")) for line in lines)
+        self._stdio[fd] = rest[-4096:]
+        if not self.memory.write_u32(written_ptr, sum(len(c) for c in chunks)):
+            return abi.WASI_FAULT
+        return abi.WASI_SUCCESS
+
+    def wasi_clock_time_get(self, clock_id: int, _precision: int, ret_ptr: int) -> int:
+        if clock_id == 0:
+            now = time.time_ns()
+        elif clock_id == 1:
+            now = time.monotonic_ns()
+        else:
+            return abi.WASI_NOTSUP
+        return abi.WASI_SUCCESS if self.memory.write_u64(ret_ptr, now) else abi.WASI_FAULT
+
+    def wasi_clock_res_get(self, clock_id: int, ret_ptr: int) -> int:
+        if clock_id > 1:
+            return abi.WASI_NOTSUP
+        return abi.WASI_SUCCESS if self.memory.write_u64(ret_ptr, 1000) else abi.WASI_FAULT
+
+    def wasi_random_get(self, ptr: int, size: int) -> int:
+        if size > 65536:
+            return abi.WASI_INVAL
+        return abi.WASI_SUCCESS if self.memory.write(ptr, os.urandom(size)) else abi.WASI_FAULT
+
+    def _zero_sizes(self, count_ptr: int, size_ptr: int) -> int:
+        return abi.WASI_SUCCESS if self.memory.write_u32_pair(count_ptr, 0, size_ptr, 0) else abi.WASI_FAULT
+
+    def wasi_environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
+        return self._zero_sizes(count_ptr, size_ptr)
+
+    def wasi_args_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
+        return self._zero_sizes(count_ptr, size_ptr)
+
+    def wasi_environ_get(self, _array: int, _buffer: int) -> int:
+        return abi.WASI_SUCCESS
+
+    def wasi_args_get(self, _array: int, _buffer: int) -> int:
+        return abi.WASI_SUCCESS
+
+    def wasi_sched_yield(self) -> int:
+        return abi.WASI_SUCCESS
+
+    def wasi_proc_exit(self, code: int) -> None:
+        raise GuestExit(f"module called proc_exit({code})")

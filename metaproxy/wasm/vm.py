@@ -1,0 +1,390 @@
+"""One instance of a Proxy-Wasm module: load, link, start, the per-request calls, rebuild.
+
+:class:`WasmVm` owns a wasmtime Store with one instance of the module and the
+:class:`~metaproxy.wasm.host.AbiHost` serving it. It is built once per worker
+process and reused by every request (instantiating per request would cost
+milliseconds). Every top-level guest call is bounded: an epoch deadline (wall
+time) and, when configured, fuel; the Store caps linear memory.
+
+A trap leaves the guest's state half-updated (an SDK's context map, its
+allocator), so after any trap the VM is marked broken and :meth:`WasmVm.rebuild`
+makes a fresh Store and instance from the already compiled module. Streams of
+the old instance are dropped: their later callbacks are skipped.
+
+Lifecycle per request, as Envoy drives it: ``proxy_on_context_create`` and
+``proxy_on_request_headers`` in ``on_request``; ``proxy_on_response_headers``
+when the response comes; then ``proxy_on_done``, ``proxy_on_log``,
+``proxy_on_delete``. A request that ends without a response (local reply, a
+oneway call, an upstream failure) is finished when metaproxy drops its
+RequestContext: a small sentinel in ``ctx.scratch`` queues it, and the next
+call into the VM finishes it. Callbacks a module does not export are skipped,
+so a module without per-request state costs two guest calls per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import wasmtime
+
+from metaproxy.message import ErrorType, ProxyError
+from metaproxy.wasm import abi
+from metaproxy.wasm.engine import get_engine, ticks_for
+from metaproxy.wasm.host import AbiHost, Identity, Stream, unimplemented, wasi_bad_fd, wasi_unsupported
+from metaproxy.wasm.metrics import MetricRegistry
+from metaproxy.wasm.native import (
+    GuestFunction,
+    GuestMemory,
+    HostFailures,
+    WasmTrap,
+    define_host_function,
+    set_epoch_deadline,
+    set_fuel,
+    signature_of,
+    store_context,
+)
+
+ROOT_CONTEXT_ID = 1
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """Everything needed to (re)build the VM; validated by the filter's config reader."""
+
+    module_path: str
+    root_id: str
+    plugin_name: str
+    vm_id: str = ""
+    plugin_config: bytes = b""
+    vm_config: bytes = b""
+    timeout: float = 0.1
+    start_timeout: float = 2.0
+    fuel: int = 0
+    memory_limit: int = 64 * 1024 * 1024
+
+
+class WasmModuleError(ValueError):
+    """The module cannot be used: not WebAssembly, not Proxy-Wasm, an import we cannot give, a failed start."""
+
+
+def load_module(engine: wasmtime.Engine, path: str) -> wasmtime.Module:
+    """Compile ``path`` and check it is a Proxy-Wasm module whose callbacks have the ABI's signatures."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise WasmModuleError(f"cannot read wasm module {path}: {exc.strerror or exc}") from None
+    try:
+        module = wasmtime.Module(engine, data)
+    except wasmtime.WasmtimeError as exc:
+        raise WasmModuleError(f"{path} is not a valid WebAssembly module: {str(exc).splitlines()[0]}") from None
+    exports = {e.name: e.type for e in module.exports}
+    if not any(name in exports for name in abi.ABI_VERSION_EXPORTS):
+        raise WasmModuleError(
+            f"{path} is not a Proxy-Wasm module: it exports none of {', '.join(abi.ABI_VERSION_EXPORTS)} "
+            "(build it with a Proxy-Wasm SDK for ABI 0.2.x)")
+    if not isinstance(exports.get("memory"), wasmtime.MemoryType):
+        raise WasmModuleError(f"{path} does not export its linear memory as 'memory'")
+    for name, expected in abi.CALLBACKS.items():
+        ty = exports.get(name)
+        if ty is None:
+            continue
+        got = signature_of(ty) if isinstance(ty, wasmtime.FuncType) else None
+        if got != expected:
+            raise WasmModuleError(f"{path}: export {name} has type {got or type(ty).__name__}, "
+                                  f"the ABI says {expected}")
+    return module
+
+
+class WasmVm:
+    """A started instance of one module for one filter, reused across requests."""
+
+    def __init__(self, spec: VmSpec, metrics: MetricRegistry, logger: logging.Logger) -> None:
+        self.spec = spec
+        self.logger = logger
+        self.pid = os.getpid()
+        self.engine = get_engine(spec.fuel > 0)
+        self.module = load_module(self.engine, spec.module_path)
+        name = os.path.basename(spec.module_path)
+        self.identity = Identity(spec.plugin_name, spec.root_id, spec.vm_id, name)
+        self.host = AbiHost(self.identity, spec.plugin_config, spec.vm_config, metrics, logger)
+        self.failures = HostFailures()
+        self.linker = wasmtime.Linker(self.engine)
+        self._keep: list[Any] = []
+        self._link()
+        self.generation = 0
+        self.broken: str | None = None
+        #: Streams whose request ended without on_response; finished on the next entry into the VM.
+        self.finished_elsewhere: list[Stream] = []
+        self._next_stream_id = ROOT_CONTEXT_ID
+        self._start()
+
+    # -- building ------------------------------------------------------------------------------------
+    def _link(self) -> None:
+        """Define exactly the imports the module asks for, checking each one's type against the ABI."""
+        path = self.spec.module_path
+        for item in self.module.imports:
+            ty = item.type
+            where = f"{item.module}.{item.name}"
+            if not isinstance(ty, wasmtime.FuncType):
+                raise WasmModuleError(f"{path} imports {where} ({type(ty).__name__}); only functions are provided")
+            got = signature_of(ty)
+            if item.module == "env":
+                expected = abi.ENV_FUNCTIONS.get(item.name)
+                impl = getattr(self.host, item.name, None) or unimplemented
+            elif item.module in abi.WASI_MODULES:
+                expected = abi.WASI_FUNCTIONS.get(item.name)
+                impl = getattr(self.host, "wasi_" + item.name, None) or (
+                    wasi_bad_fd if item.name.startswith("fd_") else wasi_unsupported)
+            else:
+                raise WasmModuleError(f"{path} imports {where}, which a Proxy-Wasm host does not provide")
+            if expected is None:
+                if got is None:
+                    raise WasmModuleError(f"{path} imports unknown function {where} with unsupported types")
+                self.logger.warning("wasm module %s imports unknown %s: it will get UNIMPLEMENTED", path, where)
+                expected, impl = got, unimplemented
+            elif got != expected:
+                raise WasmModuleError(f"{path} imports {where} with type {got}, the ABI says {expected}")
+            self._keep.append(define_host_function(self.linker, item.module, item.name, expected, impl,
+                                                   self.failures))
+
+    def _start(self) -> None:
+        """New Store and instance, then the module's start-up callbacks. Raises WasmModuleError."""
+        spec = self.spec
+        self.store = store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=spec.memory_limit)
+        self.ctx = ctx = store_context(store)
+        self._arm(spec.start_timeout)
+        try:
+            instance = self.linker.instantiate(store, self.module)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            pending, self.failures.pending = self.failures.pending, None
+            detail = str(pending) if pending is not None else str(exc).splitlines()[0]
+            raise WasmModuleError(f"{spec.module_path}: instantiation failed: {detail}") from None
+        exports = instance.exports(store)
+        funcs: dict[str, GuestFunction] = {}
+        for name, signature in abi.CALLBACKS.items():
+            func = exports.get(name)
+            if isinstance(func, wasmtime.Func):
+                funcs[name] = GuestFunction(ctx, func, signature, self.failures, name)
+        self.funcs = funcs
+        self.f_context_create = funcs.get("proxy_on_context_create")
+        self.f_request_headers = funcs.get("proxy_on_request_headers")
+        self.f_response_headers = funcs.get("proxy_on_response_headers")
+        self.f_done = funcs.get("proxy_on_done")
+        self.f_log = funcs.get("proxy_on_log")
+        self.f_delete = funcs.get("proxy_on_delete")
+        self.f_tick = funcs.get("proxy_on_tick")
+        #: Streams must outlive on_request when the module has callbacks after it.
+        self.tracks_streams = any((self.f_response_headers, self.f_done, self.f_log, self.f_delete))
+        host = self.host
+        host.attach(GuestMemory(ctx, exports["memory"]),  # type: ignore[arg-type]
+                    funcs.get("proxy_on_memory_allocate") or funcs.get("malloc"))
+        host.streams.clear()
+        host.current = None
+        host.awaiting_done.clear()
+        host.done_requested.clear()
+        host.tick_period_ms = 0
+        try:
+            self._startup_calls(funcs)
+        except WasmTrap as trap:
+            raise WasmModuleError(f"{spec.module_path}: start-up failed: {trap.kind}: {trap.message}") from None
+        finally:
+            if host.logs:
+                host.flush_logs()
+
+    def _startup_calls(self, funcs: dict[str, GuestFunction]) -> None:
+        spec = self.spec
+        if "_initialize" in funcs:
+            funcs["_initialize"]()
+            if "main" in funcs:
+                funcs["main"](0, 0)
+        elif "_start" in funcs:
+            funcs["_start"]()
+        # The root context exists before on_vm_start (as Envoy does it: SDKs look it up there).
+        if self.f_context_create is not None:
+            self.f_context_create(ROOT_CONTEXT_ID, 0)
+        start = funcs.get("proxy_on_vm_start")
+        if start is not None and not start(ROOT_CONTEXT_ID, len(spec.vm_config)):
+            raise WasmModuleError(f"{spec.module_path}: proxy_on_vm_start refused the VM configuration")
+        configure = funcs.get("proxy_on_configure")
+        if configure is not None and not configure(ROOT_CONTEXT_ID, len(spec.plugin_config)):
+            raise WasmModuleError(f"{spec.module_path}: proxy_on_configure refused the plugin configuration")
+
+    def rebuild(self) -> None:
+        """Replace a broken instance with a fresh one (same compiled module). Raises WasmModuleError."""
+        self.generation += 1
+        self.finished_elsewhere.clear()
+        self.broken = None
+        try:
+            self._start()
+        except WasmModuleError as exc:
+            self.broken = str(exc)
+            raise
+
+    # -- bounded calls -----------------------------------------------------------------------------------
+    def _arm(self, seconds: float | None = None) -> None:
+        """Bound the next top-level guest call: epoch deadline, and fuel when configured."""
+        set_epoch_deadline(self.ctx, ticks_for(self.spec.timeout if seconds is None else seconds))
+        if self.spec.fuel:
+            set_fuel(self.ctx, self.spec.fuel)
+
+    def _trapped(self, trap: WasmTrap) -> None:
+        memory = self.host.memory
+        if trap.kind == "trap" and memory is not None and memory.size() + 65536 > self.spec.memory_limit:
+            trap.kind = "memory_limit"  # the module gave up after the Store refused to grow its memory
+        self.broken = f"{trap.kind}: {trap.message}"
+        self.host.streams.clear()
+        self.host.current = None
+
+    # -- per request ---------------------------------------------------------------------------------------
+    def request_headers(self, rctx: Any) -> tuple[Stream, ProxyError | None]:
+        """Run the request callbacks; return the stream and the local reply, if the module made one.
+
+        Raises WasmTrap (the VM is then broken) when the module traps.
+        """
+        if self.finished_elsewhere:
+            self.finish_pending()
+        host = self.host
+        self._next_stream_id += 1
+        stream = Stream(self._next_stream_id, rctx, self.generation)
+        host.current = stream
+        host.streams[stream.context_id] = stream
+        self._arm()
+        try:
+            if self.f_context_create is not None:
+                self.f_context_create(stream.context_id, ROOT_CONTEXT_ID)
+            action = abi.ACTION_CONTINUE
+            if self.f_request_headers is not None:
+                action = self.f_request_headers(stream.context_id, len(rctx.metadata), 1)
+        except WasmTrap as trap:
+            self._trapped(trap)
+            raise
+        finally:
+            host.current = None
+            if host.logs:
+                host.flush_logs()
+        reply = stream.local_reply
+        if reply is None and action == abi.ACTION_PAUSE and not stream.continued:
+            reply = ProxyError(ErrorType.UNSPECIFIED,
+                               f"wasm filter {self.identity.plugin_name} paused the request; "
+                               "asynchronous continuation is not supported")
+        if reply is not None or not self.tracks_streams:
+            self.finish(stream)
+        return stream, reply
+
+    def response_headers(self, stream: Stream, rctx: Any) -> None:
+        """Run proxy_on_response_headers for a stream of this instance, then finish the stream."""
+        if stream.finished or stream.generation != self.generation or self.broken:
+            return
+        if self.f_response_headers is not None:
+            host = self.host
+            host.current = stream
+            self._arm()
+            try:
+                metadata = rctx.response_metadata
+                self.f_response_headers(stream.context_id, len(metadata) if metadata is not None else 0, 1)
+            except WasmTrap as trap:
+                self._trapped(trap)
+                raise
+            finally:
+                host.current = None
+                if host.logs:
+                    host.flush_logs()
+            if stream.local_reply is not None:
+                self.logger.warning("wasm[%s] sent a local response while processing a response: ignored",
+                                    self.identity.plugin_name)
+        self.finish(stream)
+
+    def finish(self, stream: Stream) -> None:
+        """proxy_on_done, then proxy_on_log and proxy_on_delete (unless on_done asks to wait)."""
+        if stream.finished:
+            return
+        stream.finished = True
+        host = self.host
+        host.streams.pop(stream.context_id, None)
+        if stream.generation != self.generation or self.broken:
+            return
+        if self.f_done is None and self.f_log is None and self.f_delete is None:
+            return
+        host.current = stream
+        self._arm()
+        try:
+            context_id = stream.context_id
+            if self.f_done is not None and not self.f_done(context_id):
+                host.awaiting_done.add(context_id)
+                host.streams[context_id] = stream  # still addressable until proxy_done
+                return
+            self._log_and_delete(context_id)
+        except WasmTrap as trap:
+            self._trapped(trap)
+            raise
+        finally:
+            host.current = None
+            if host.logs:
+                host.flush_logs()
+
+    def _log_and_delete(self, context_id: int) -> None:
+        if self.f_log is not None:
+            self.f_log(context_id)
+        if self.f_delete is not None:
+            self.f_delete(context_id)
+        if self.host.done_requested:
+            requested, self.host.done_requested = self.host.done_requested, []
+            for other in requested:
+                self.host.streams.pop(other, None)
+                self._log_and_delete(other)
+
+    def finish_pending(self) -> None:
+        """Finish streams whose requests ended without a response (queued by their sentinels)."""
+        pending, self.finished_elsewhere = self.finished_elsewhere, []
+        for stream in pending:
+            try:
+                self.finish(stream)
+            except WasmTrap as trap:
+                self.logger.error("wasm module %s trapped finishing a request: %s", self.identity.module_name,
+                                  self.broken or trap.message)
+                return
+
+    def tick(self) -> None:
+        """proxy_on_tick on the root context (from the filter's timer greenlet)."""
+        if self.f_tick is None or self.broken:
+            return
+        host = self.host
+        host.current = None
+        self._arm()
+        try:
+            self.f_tick(ROOT_CONTEXT_ID)
+            if host.done_requested:
+                requested, host.done_requested = host.done_requested, []
+                for context_id in requested:
+                    host.streams.pop(context_id, None)
+                    self._log_and_delete(context_id)
+        except WasmTrap as trap:
+            self._trapped(trap)
+            raise
+        finally:
+            if host.logs:
+                host.flush_logs()
+
+
+class StreamSentinel:
+    """Lives in ``ctx.scratch`` for as long as the request: queues its stream to be finished when dropped.
+
+    ``__del__`` only appends to a list (no guest call may happen at an arbitrary
+    point, such as inside another guest call); the VM drains the list on its next entry.
+    """
+
+    __slots__ = ("stream", "vm")
+
+    def __init__(self, stream: Stream, vm: WasmVm) -> None:
+        self.stream = stream
+        self.vm = vm
+
+    def __del__(self) -> None:
+        stream = self.stream
+        if not stream.finished and stream.generation == self.vm.generation:
+            self.vm.finished_elsewhere.append(stream)
