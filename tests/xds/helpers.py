@@ -119,7 +119,7 @@ class ControlPlaneProcess:
         self.extra = extra or []
         self.proc: Any = None
 
-    def start(self, timeout: float = 15.0) -> "ControlPlaneProcess":
+    def start(self, timeout: float = 15.0) -> ControlPlaneProcess:
         import subprocess
         import sys
 
