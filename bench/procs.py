@@ -86,6 +86,13 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return user / _CLK_TCK, system / _CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine have spent busy since boot (from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory (KiB) of ``pid`` and every live process under it."""
     total = 0

@@ -17,6 +17,7 @@ class Row:
     depth: int
     result: LoadResult
     cpu_us: tuple[float, float] | None  # (user, system) µs per request; None for the direct baseline
+    foreign_cores: float = 0.0  # CPU used by processes outside the benchmark meanwhile, in cores
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -47,12 +48,12 @@ def _table(header: list[str], rows: Iterable[list[str]], left: int = 2) -> str:
 
 def results_table(rows: list[Row]) -> str:
     header = ["scenario", "path", "conns", "depth", "req/s", "p50 µs", "p99 µs", "proxy CPU µs/req",
-              "of which user / sys"]
+              "of which user / sys", "other load (cores)"]
     return _table(header, ([
         r.scenario, r.target, str(r.connections), str(r.depth), f"{r.result.rps:,.0f}",
         f"{r.result.p50_us:.1f}", f"{r.result.p99_us:.1f}",
         "-" if r.cpu_us is None else f"{r.cpu_us[0] + r.cpu_us[1]:.1f}",
-        "-" if r.cpu_us is None else f"{r.cpu_us[0]:.1f} / {r.cpu_us[1]:.1f}",
+        "-" if r.cpu_us is None else f"{r.cpu_us[0]:.1f} / {r.cpu_us[1]:.1f}", f"{r.foreign_cores:.2f}",
     ] for r in rows))
 
 

@@ -6,12 +6,15 @@
 For every scenario (a protocol: its upstream server and load generator, see
 scenarios.py) the upstream server is started once; then each path is
 measured at each connection count: client -> server, client -> HAProxy
-(mode tcp) -> server, client -> metaproxy -> server. Proxy CPU time per
-request comes from /proc (utime + stime of the proxy's process tree, read
-before and after the load run, divided by the requests it carried, warm-up
-included); it is also shown split into user and system (kernel) time. All
-numbers of one table come from the same run on the same machine, which is
-the only way to compare them honestly.
+(mode tcp) -> server, client -> metaproxy -> server.
+
+Proxy CPU time per request comes from /proc (utime + stime of the proxy's
+process tree, read before and after the load run, divided by the requests
+it carried, warm-up included), also split into user and system (kernel)
+time. "Other load" is the CPU that processes outside the benchmark used
+meanwhile (cores, from /proc/stat): on a shared machine a row whose other
+load is well above 0 was disturbed. All numbers of one table come from the
+same run on the same machine, which is the only way to compare them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -28,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procs import Service, cpu_times, rss_kib
+from procs import Service, cpu_times, machine_busy_seconds, rss_kib
 from profiling import cprofile_launcher, pyspy_path, start_pyspy, summarize_cprofile, summarize_pyspy
 from report import IdleMemory, Row, memory_table, ratios_table, results_table
 from scenarios import SCENARIOS, LoadSpec, Scenario
@@ -96,6 +100,15 @@ def idle_memory(scenario: Scenario, target: Target, proxy: Service, count: int) 
     return IdleMemory(scenario.name, target.name, count, before, after)
 
 
+def _our_cpu(proxy: Service | None, upstream: Service) -> float:
+    """CPU seconds used so far by the benchmark's own processes: runner, finished clients, upstream, proxy."""
+    total = sum(cpu_times(upstream.pid)) + (0.0 if proxy is None else sum(cpu_times(proxy.pid)))
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
 def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[LoadSpec],
             workdir: Path, idle: int = 0) -> tuple[list[Row], IdleMemory | None]:
     """Start the target's proxy once, run every load spec through it, then the idle test; stop it."""
@@ -106,7 +119,11 @@ def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[L
         for spec in specs:
             port = upstream.port if proxy is None else proxy.port
             before = None if proxy is None else cpu_times(proxy.pid)
+            ours_before = _our_cpu(proxy, upstream)
+            busy_before, started = machine_busy_seconds(), time.monotonic()
             result = scenario.run_load(port, spec)
+            foreign = ((machine_busy_seconds() - busy_before) - (_our_cpu(proxy, upstream) - ours_before)) \
+                / (time.monotonic() - started)
             cpu = None
             if proxy is not None and before is not None:
                 proxy.check_alive()
@@ -114,12 +131,13 @@ def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[L
                 per_request = 1e6 / max(1, result.total_requests)
                 cpu = ((after[0] - before[0]) * per_request, (after[1] - before[1]) * per_request)
             upstream.check_alive()
-            row = Row(scenario.name, target.name, spec.connections, spec.depth, result, cpu)
+            row = Row(scenario.name, target.name, spec.connections, spec.depth, result, cpu, max(0.0, foreign))
             cpu_us = row.cpu_us_per_request
             rows.append(row)
             print(f"  {scenario.name:10} {target.name:10} conns={spec.connections:<4} "
                   f"{result.rps:>10,.0f} req/s  p50 {result.p50_us:8.1f} µs  p99 {result.p99_us:8.1f} µs"
-                  + ("" if cpu_us is None else f"  cpu {cpu_us:6.1f} µs/req"), file=sys.stderr, flush=True)
+                  + ("" if cpu_us is None else f"  cpu {cpu_us:6.1f} µs/req")
+                  + f"  other load {row.foreign_cores:.2f} cores", file=sys.stderr, flush=True)
         if proxy is not None and idle > 0:
             memory = idle_memory(scenario, target, proxy, idle)
     finally:
