@@ -28,6 +28,7 @@ _MIN = {T_STRING: 4, T_STRUCT: 1, T_MAP: 6, T_SET: 5, T_LIST: 5}
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
 _I16 = struct.Struct(">h")
+_HEAD = struct.Struct(">iI")  # version word, name length
 
 
 def _need(pos: int, size: int, end: int) -> int:
@@ -51,6 +52,14 @@ def _string(buf: bytearray, pos: int, end: int) -> tuple[bytes, int]:
 
 def read_head(buf: bytearray, pos: int, end: int) -> MessageHead:
     """The message header at ``pos``: strict (0x8001 version word) or lax (name first)."""
+    if pos + 8 <= end:  # the common case, a whole strict header, in two unpacks
+        word, size = _HEAD.unpack_from(buf, pos)
+        seqid_pos = pos + 8 + size
+        if word < 0 and (word & VERSION_MASK) == VERSION_1 and seqid_pos + 4 <= end:
+            name = decode_name(buf[pos + 8:seqid_pos], pos + 8)
+            seqid = _I32.unpack_from(buf, seqid_pos)[0]
+            return MessageHead(name, check_mtype(word & 0xFF, pos + 3), seqid, seqid_pos, seqid_pos + 4,
+                               seqid_pos + 4, True)
     word = _i32(buf, pos, end)
     if word < 0:
         if (word & VERSION_MASK) != VERSION_1:

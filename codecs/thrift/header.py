@@ -173,11 +173,6 @@ def _block_headers(frame: bytes, start: int, end: int) -> dict[str, str]:
     return headers
 
 
-def section_of(frame: bytes, info: HeaderFrame) -> bytes:
-    """The original header section with its padding stripped only from the end of known blocks."""
-    return bytes(frame[FIXED_SIZE:info.payload_start])
-
-
 def build(out: bytearray, flags: int, seq_id: int, section: bytes, body: bytes | memoryview) -> None:
     """Append a THeader frame: ``section`` is padded to a multiple of 4 here."""
     pad = (-len(section)) % 4

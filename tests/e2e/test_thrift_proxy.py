@@ -10,6 +10,7 @@ proxy itself with a TApplicationException.
 from __future__ import annotations
 
 import itertools
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -203,3 +204,34 @@ def test_mutation_on_framed_is_dropped_counted_and_the_call_still_works(setup: S
 def test_auto_listener_accepts_every_dialect(setup: Setup, client_lib: str, transport: str, protocol: str) -> None:
     with EchoClient(client_lib, setup.port("auto"), transport, protocol) as client:
         _user_session(client, setup.servers["any"], False)
+
+
+@pytest.mark.parametrize("transport", ["framed", "buffered"])
+def test_concurrent_clients_with_colliding_seqids_get_their_own_replies(setup: Setup, transport: str) -> None:
+    """Every Apache client numbers its calls from 0: the proxy must keep them apart upstream.
+
+    Framed listeners share upstream connections and rewrite seqids; buffered
+    ones take an upstream connection per request. Either way each client
+    must get exactly its own answers.
+    """
+    key = _key("apache", transport, "binary", False)
+    errors: list[str] = []
+
+    def one_client(index: int) -> None:
+        try:
+            with EchoClient("apache", setup.port(key), transport) as client:
+                for call in range(15):
+                    item = client.Item(name=f"c{index}-{call}", counts={"i": index, "n": call}, tags=[])
+                    reply = client.echo.echo(item)
+                    if reply != item:
+                        errors.append(f"client {index} call {call} got {reply}")
+        except Exception as exc:  # reported below with the client that failed
+            errors.append(f"client {index}: {exc!r}")
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors[:5]
+    assert not any(thread.is_alive() for thread in threads)
