@@ -6,6 +6,7 @@ import json
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 GREETER = "org.example.Greeter"
 OTHER = "org.example.Other"
 SLOW = "org.example.Slow"
+HEALTH = "org.example.Health"
 
 
 def _route(name: str, matchers: dict[str, str], cluster: str, **extra: object) -> dict:
@@ -39,6 +41,7 @@ ROUTES = [
     _route("mutate", {"method": "mutate"}, "p1", request_mutation=[{"key": "x-route", "value": "mutated"}],
            response_mutation=[{"key": "x-served-by", "value": "metaproxy"}]),
     _route("slow", {"interface": SLOW}, "p1", timeout="300ms"),
+    _route("health", {"interface": HEALTH}, "p4"),
     _route("greeter", {"interface": GREETER}, "p1"),
 ]
 
@@ -46,16 +49,19 @@ ROUTES = [
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     """Three providers behind one metaproxy Dubbo listener."""
-    with DubboProvider("p1") as p1, DubboProvider("p2") as p2, DubboProvider("p3") as p3:
+    with DubboProvider("p1") as p1, DubboProvider("p2") as p2, DubboProvider("p3") as p3, \
+            DubboProvider("p4") as p4:
         config = {
             "listeners": [{"name": "dubbo-in", "address": "127.0.0.1:0", "protocol": {"codec": "dubbo"},
                            "route_config": {"name": "dubbo-routes", "routes": ROUTES}}],
             "clusters": [{"name": name, "endpoints": [prov.address], "connect_timeout": "1s"}
                          for name, prov in (("p1", p1), ("p2", p2), ("p3", p3))],
         }
+        config["clusters"].append({"name": "p4", "endpoints": [p4.address], "connect_timeout": "1s",
+                                   "health_check": {"interval": "100ms", "timeout": "1s", "kind": "heartbeat"}})
         proxy = ProxyProcess(config, tmp_path_factory.mktemp("dubbo-proxy")).start()
         try:
-            yield {"p1": p1, "p2": p2, "p3": p3, "address": proxy.address(), "proxy": proxy}
+            yield {"p1": p1, "p2": p2, "p3": p3, "p4": p4, "address": proxy.address(), "proxy": proxy}
         finally:
             proxy.stop()
 
@@ -196,6 +202,16 @@ def test_timeout_gets_server_timeout_status(mesh):
     [result] = js_calls(mesh["address"], [{"interface": SLOW, "version": "1.0.0", "method": "sleep",
                                            "args": [java_int(1500)]}])
     assert result["err"]["name"] == "DubboDecodeError" and "time" in result["err"]["message"].lower()
+
+
+def test_heartbeat_health_checks_reach_the_provider(mesh):
+    # the cluster learns its codec from the first request; from then on checks are Dubbo heartbeats
+    assert _seen(ssl_call(mesh["address"], HEALTH, "greet", ["a"]))["provider"] == "p4"
+    deadline = time.monotonic() + 5
+    while mesh["p4"].heartbeats == 0:
+        assert time.monotonic() < deadline, "no Dubbo heartbeat reached the provider within 5s"
+        time.sleep(0.05)
+    assert _seen(ssl_call(mesh["address"], HEALTH, "greet", ["b"]))["provider"] == "p4"
 
 
 def test_log_has_no_tracebacks(mesh):
