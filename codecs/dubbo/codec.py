@@ -308,8 +308,8 @@ class DubboCodec(Codec):
 
     def heartbeat_reply(self, metadata: Metadata, buffer: bytearray) -> None:
         state: _State | None = metadata.codec_state
-        if state is not None and not state.flag & p.FLAG_TWOWAY:
-            return  # a one-way event expects no answer
+        if state is not None and (state.flag & (p.FLAG_REQUEST | p.FLAG_TWOWAY)) != p.FLAG_REQUEST | p.FLAG_TWOWAY:
+            return  # a one-way event, or an event response, expects no answer
         flag = p.FLAG_EVENT | ((state.flag if state else p.HESSIAN2) & p.SERIALIZATION_MASK)
         buffer += p.HEADER.pack(p.MAGIC, flag, p.OK, int(metadata["request_id"]), len(_HEARTBEAT_BODY))
         buffer += _HEARTBEAT_BODY

@@ -239,6 +239,11 @@ def test_heartbeat_from_dubbo2_js_and_oneway_events() -> None:
     out = bytearray()
     DubboCodec().heartbeat_reply(decode(bytes(oneway)), out)
     assert out == b""
+    # an upstream's answer to our heartbeat is itself an event: answering it would ping-pong forever
+    answer = bytearray()
+    DubboCodec().heartbeat_reply(md, answer)
+    DubboCodec(direction=Direction.RESPONSE).heartbeat_reply(decode(bytes(answer), Direction.RESPONSE), out)
+    assert out == b""
 
 
 def test_make_heartbeat_is_what_dubbo2_js_sends() -> None:
