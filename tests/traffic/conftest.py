@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import redis
-
-from metaproxy.message import Metadata, MessageType
-from metaproxy.testing.harness import free_port
 from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
+
+from metaproxy.message import MessageType, Metadata
+from metaproxy.testing.harness import free_port
 from tests.traffic.rls_server import Rule, serve
 
 
@@ -84,7 +84,7 @@ class MisbehavingServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.sock.getsockname()[1]}"
 
-    def start(self) -> "MisbehavingServer":
+    def start(self) -> MisbehavingServer:
         self._thread.start()
         return self
 

@@ -10,7 +10,7 @@ from metaproxy.chain import FilterEnv, RequestContext
 from metaproxy.filters.fault import FaultFilter
 from metaproxy.filters.local_ratelimit import LocalRateLimitFilter, TokenBucket
 from metaproxy.filters.rbac import RbacFilter
-from metaproxy.message import ErrorType, Metadata, MessageType, ProxyError
+from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
 from metaproxy.stats import StatsStore
 
 
