@@ -28,7 +28,7 @@ from typing import Any
 from metaproxy_codecs.dubbo import protocol as p
 from metaproxy_codecs.dubbo.hessian2 import COMPLEX, Hessian2Reader, HessianError, write_int, write_string
 
-from metaproxy.codec import Codec, CodecError, DecodeStatus, take
+from metaproxy.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec, CodecError, DecodeStatus, Direction, take
 from metaproxy.message import MessageType, Metadata, ProxyError, ResponseStatus
 
 _ID = struct.Struct(">Q")
@@ -97,11 +97,14 @@ def _as_text(value: Any) -> str | None:
 
 
 class DubboCodec(Codec):
+    """One connection's Dubbo2 codec; remembers whether its client reads response attachments."""
+
     name = "dubbo"
     multiplexing = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, options: Mapping[str, Any] | None = None, direction: Direction = Direction.REQUEST,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        super().__init__(options, direction, max_message_bytes)
         self._response_attachments = self.options.get("response_attachments", "auto")
         #: Whether the client on this connection reads response attachments (None: not known yet).
         self._peer_reads_attachments: bool | None = None
