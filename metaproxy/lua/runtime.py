@@ -29,8 +29,10 @@ __all__ = ["ENGINES", "available_engines", "load_engine", "Binding", "ScriptRunt
 
 log = logging.getLogger("metaproxy.lua")
 
-#: lupa engines in order of preference: LuaJIT first, then the newest PUC Lua.
-ENGINES = ("luajit21", "lua55", "lua54", "lua53", "lua52", "luajit20", "lua51")
+#: lupa engines in order of preference: LuaJIT first, then the newest PUC Lua. Not LuaJIT 2.0
+#: (on 64-bit it cannot take the custom allocator that enforces max_memory: it aborts the
+#: process) and not Lua 5.1 (its load() cannot bind a chunk to the sandbox environment).
+ENGINES = ("luajit21", "lua55", "lua54", "lua53", "lua52")
 
 #: How often (in VM instructions) the count hook fires to charge the step budget.
 HOOK_EVERY = 1000
