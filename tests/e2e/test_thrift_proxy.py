@@ -10,6 +10,7 @@ proxy itself with a TApplicationException.
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import urllib.request
 import uuid
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from thrift.protocol.TBinaryProtocol import TBinaryProtocol
+from thrift.transport.TTransport import TFramedTransport, TMemoryBuffer
 
 from metaproxy.testing.harness import ProxyProcess
 from tests.e2e.thrift_support.peers import LIBS, EchoClient, EchoServer
@@ -235,3 +238,17 @@ def test_concurrent_clients_with_colliding_seqids_get_their_own_replies(setup: S
         thread.join(30)
     assert not errors, errors[:5]
     assert not any(thread.is_alive() for thread in threads)
+
+
+def test_garbage_closes_only_the_connection_that_sent_it(setup: Setup) -> None:
+    key = _key("thriftpy2", "framed", "binary", False)
+    with EchoClient("apache", setup.port(key)) as bystander:
+        assert bystander.echo.whoami() == key
+        with socket.create_connection(("127.0.0.1", setup.port(key)), timeout=5) as raw:
+            raw.sendall(b"\x00\x00\x00\x06\xff\xfe\xfd\xfc\xfb\xfa")
+            received = b""
+            while chunk := raw.recv(4096):  # the proxy may say why, then it must close
+                received += chunk
+        if received:  # a reply, if any, is a real Thrift exception message
+            assert TBinaryProtocol(TFramedTransport(TMemoryBuffer(received))).readMessageBegin()[1] == 3
+        assert bystander.echo.whoami() == key
