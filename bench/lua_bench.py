@@ -65,7 +65,7 @@ def one_round(chain: FilterChain, requests: int) -> float:
 def measure(requests: int, rounds: int, engine: str) -> list[dict[str, Any]]:
     chains = {name: make_chain(options, engine) for name, options in CASES.items()}
     samples: dict[str, list[float]] = {name: [] for name in CASES}
-    for name, chain in chains.items():  # warm up every case (imports, JIT-less VM caches)
+    for chain in chains.values():  # warm up every case (imports, interpreter caches)
         one_round(chain, min(requests, 5000))
     for _ in range(rounds):  # interleave cases so drift hits them alike
         for name, chain in chains.items():
