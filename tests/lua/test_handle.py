@@ -199,3 +199,19 @@ def test_metadata_with_non_string_values_reads_like_config_matchers(make_filter,
     ctx.metadata["b"] = b"bytes"
     f.on_request(ctx)
     assert ctx.mutation["b"] == Metadata(b=b"bytes").get_str("b")
+
+
+def test_pairs_on_the_metadata_object_itself_where_lua_has_pairs_metamethods(make_filter, engine):
+    f = make_filter(engine=engine, source="""
+function on_request(h)
+  local seen = {}
+  for k, v in pairs(h:metadata()) do seen[#seen + 1] = k .. "=" .. tostring(v) end
+  table.sort(seen)
+  h:mutation():set("pairs", table.concat(seen, ","))
+end""")
+    ctx = ctx_for(method="ping", a="1")
+    f.on_request(ctx)
+    if engine.startswith("luajit"):  # Lua 5.1 semantics: no __pairs, the method table is iterated
+        assert "get=function" in ctx.mutation["pairs"]
+    else:
+        assert ctx.mutation["pairs"] == "a=1,method=ping"
