@@ -84,6 +84,7 @@ class RequestContext:
         "bytes_received",
         "bytes_sent",
         "trace",
+        "leases",
     )
 
     def __init__(self, metadata: Metadata, listener: str = "", protocol: str = "") -> None:
@@ -109,6 +110,9 @@ class RequestContext:
         self.bytes_received = len(metadata.frame)
         self.bytes_sent = 0
         self.trace: Any = None
+        #: Upstream connections this request's downstream connection holds
+        #: (ordered protocols keep one per endpoint: pipelining, MULTI/EXEC).
+        self.leases: dict[Any, Any] | None = None
 
     @property
     def route_name(self) -> str:

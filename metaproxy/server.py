@@ -29,10 +29,12 @@ from metaproxy.observer import RequestObserver
 from metaproxy.router import RouteHolder
 from metaproxy.stats import ListenerStats, StatsStore
 from metaproxy.upstream.cluster import ClusterManager
+from metaproxy.upstream.pool import SESSION_KEY
 
 log = logging.getLogger("metaproxy.server")
 
 _READ_SIZE = 65536
+_STREAMS = (MessageType.STREAM_INIT, MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
 
 def build_chain(config: ListenerConfig, env_base: FilterEnv) -> FilterChain:
@@ -207,6 +209,8 @@ class DownstreamConnection:
         self._write_lock = Semaphore()
         self._slots = Semaphore(listener.config.max_requests_per_connection)
         self._greenlets: set[gevent.Greenlet] = set()
+        #: Ordered protocols: upstream connections (and endpoints) this connection holds.
+        self.leases: dict[Any, Any] | None = None if listener.multiplexing else {}
         if not isinstance(sock, ssl.SSLSocket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -302,16 +306,23 @@ class DownstreamConnection:
         ctx.downstream_address = self.peer
         ctx.peer_identity = self.identity
         ctx.routes = listener.routes.current
+        ctx.leases = self.leases
         oneway = md.get("message_type") is MessageType.ONEWAY
         if oneway:
             stats.request_oneway.inc()
         downstream_id = md.get("request_id")
+        session = self.leases is not None and md.get("session") is True
+        if session:  # the client changes its session: later upstream connections replay it
+            self._end_leases()
         observers = listener.observers
         for obs in observers:
             obs.request_start(ctx)
         out = bytearray()
         try:
-            error = listener.chain.run_request(ctx)
+            if md.get("message_type") in _STREAMS:
+                error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, "streams are not supported by this proxy")
+            else:
+                error = listener.chain.run_request(ctx)
             response = ctx.response_metadata
             if error is None and response is not None:
                 try:
@@ -331,6 +342,8 @@ class DownstreamConnection:
                     stats.response_success.inc()
                 response["request_id"] = downstream_id
                 self.codec.encode(response, ctx.response_mutation, out)
+                if session and response.get("response_status") is not ResponseStatus.ERROR:
+                    self.leases.setdefault(SESSION_KEY, []).append(md.frame)
         except Exception as exc:  # a filter bug must fail its request only
             log.exception("listener %s: request failed", listener.name)
             error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, f"internal error: {type(exc).__name__}")
@@ -378,4 +391,17 @@ class DownstreamConnection:
             self.sock.close()
         except OSError:
             pass
+        if self.leases:
+            self._end_leases()
+            self.leases.clear()
+
+    def _end_leases(self) -> None:
+        """Give back the upstream connections this connection holds (not its session record)."""
+        assert self.leases is not None
+        for key, value in list(self.leases.items()):
+            if key == SESSION_KEY:
+                continue
+            del self.leases[key]
+            if hasattr(key, "end_lease"):
+                key.end_lease(value)
 

@@ -96,7 +96,8 @@ class ControlPlane:
 
     def _healthz(self) -> dict[str, Any]:
         return {"status": "ok", "generation": self.store.generation, "resources": len(self.store.snapshot()),
-                "problems": len(self.build.problems), "loads": self.loads, "port": self.port}
+                "problems": len(self.build.problems), "loads": self.loads, "port": self.port,
+                "last_load_ms": round(self.last_load_seconds * 1000, 2)}
 
     def _config(self) -> dict[str, Any]:
         snap = self.store.snapshot()

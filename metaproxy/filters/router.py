@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import gevent
 
@@ -129,7 +130,16 @@ class RouterFilter(Filter):
 
     def _try_once(self, ctx: RequestContext, route: Route, cluster: Cluster, timeout: float, oneway: bool,
                   tried: list[Any]) -> Metadata | None:
-        endpoint = cluster.choose(ctx.metadata, route.hash_policy, tuple(tried))
+        endpoint = None
+        leases = ctx.leases
+        if leases is not None and not tried:  # ordered protocols stay on the endpoint they hold
+            endpoint = leases.get(cluster.name)
+            if endpoint is not None and not endpoint.in_rotation():
+                endpoint = None
+        if endpoint is None:
+            endpoint = cluster.choose(ctx.metadata, route.hash_policy, tuple(tried))
+            if leases is not None:
+                leases[cluster.name] = endpoint
         tried.append(endpoint)
         ctx.upstream_host = endpoint.address
         pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
@@ -140,7 +150,7 @@ class RouterFilter(Filter):
         started = time.monotonic()
         error: ProxyError | None = None
         try:
-            response = pool.request(ctx.metadata, ctx.mutation, timeout, oneway)
+            response = pool.request(ctx.metadata, ctx.mutation, timeout, oneway, leases)
             if response is not None and response.get("response_status") is ResponseStatus.ERROR:
                 stats.upstream_rq_error.inc()
             else:

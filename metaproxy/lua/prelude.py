@@ -49,7 +49,7 @@ end
 local function hook()
   budget = budget - hook_every
   if budget < 0 then
-    if abort_where == nil then
+    if budget + hook_every >= 0 then  -- the firing that spent the budget: remember where
       local info = debug_getinfo(2, "Sl")
       abort_where = info and (info.short_src .. ":" .. tostring(info.currentline)) or "?"
     end
@@ -211,10 +211,10 @@ end
 local host = {}
 
 function host.run(phase, sc)
-  local f = phase == 1 and on_request or on_response
-  if f == nil then return nil end
-  scratch = sc
   budget = step_limit
+  local f = phase == 1 and on_request or on_response
+  if f == nil then budget = huge; return nil end
+  scratch = sc
   return finish(raw_pcall(f, handle))
 end
 
@@ -242,6 +242,11 @@ function host.compile(source, chunkname, config)
   on_request, on_response = req, resp
   script_name, script_config = chunkname, config
   return req ~= nil, resp ~= nil
+end
+
+-- Forget a call that ended outside the host's pcall (Python saw an exception).
+function host.reset()
+  budget, scratch, abort_where, reply_kind, reply_message = huge, nil, nil, nil, nil
 end
 
 -- Run a snippet in a fresh sandbox environment (tests use it to probe the sandbox).

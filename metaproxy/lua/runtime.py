@@ -188,6 +188,7 @@ class ScriptRuntime:
         self._host_run = host.run
         self._host_compile = host.compile
         self._host_probe = host.probe
+        self._host_reset = host.reset
         self._lua_config = self._to_lua(self.config)
 
     def _to_lua(self, value: Any) -> Any:
@@ -247,6 +248,7 @@ class ScriptRuntime:
                 # A hook firing in the few host instructions after the script returned,
                 # a memory error outside the script's pcall, a message that is not UTF-8.
                 result = (RunResult.ERROR, f"{self.name}: {type(exc).__name__}: {exc}", None, None)
+                self._reset()
                 self._after_memory_error()
             finally:
                 binding.ctx = None
@@ -254,6 +256,12 @@ class ScriptRuntime:
             if result is not None and result[0] == RunResult.MEMORY:
                 self._after_memory_error()
         return result
+
+    def _reset(self) -> None:
+        try:
+            self._host_reset()
+        except Exception:  # a state too full even for this: the memory handling rebuilds it
+            pass
 
     def _after_memory_error(self) -> None:
         """Free what a failed script left; rebuild the state if it is still mostly full."""

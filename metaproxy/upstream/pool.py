@@ -26,7 +26,7 @@ from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
 from metaproxy.codec import Codec, CodecError, DecodeStatus
-from metaproxy.message import ErrorType, Metadata, ProxyError
+from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
 from metaproxy.netio import send_all
 from metaproxy.stats import ClusterStats
 from metaproxy.upstream.endpoint import Endpoint
@@ -45,6 +45,8 @@ OVERFLOW = "UO"
 PROTOCOL_ERROR = "UPE"
 
 CodecFactory = Callable[[], Codec]
+#: Key in a downstream connection's leases holding its session-state requests (frames).
+SESSION_KEY = "__session__"
 
 
 class Limits:
@@ -187,6 +189,14 @@ class MultiplexConnection:
                     md = Metadata()
                     if self.codec.decode(buffer, md) is not DecodeStatus.DONE:
                         break
+                    if md.get("message_type") is MessageType.HEARTBEAT:
+                        # servers ping idle connections (Dubbo): answer, never match to a request
+                        out = bytearray()
+                        self.codec.heartbeat_reply(md, out)
+                        if out:
+                            with self._write_lock:
+                                send_all(sock, out)
+                        continue
                     waiter = self.pending.pop(md.get("request_id"), None)
                     if waiter is not None:
                         waiter.set(md)
@@ -259,7 +269,8 @@ class MultiplexPool:
         assert best is not None
         return best
 
-    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
+    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool,
+                leases: dict | None = None) -> Metadata | None:
         conn = self._pick()
         try:
             return conn.request(metadata, mutation, timeout, oneway)
@@ -310,29 +321,55 @@ class ExclusivePool:
         except OSError:
             pass
 
-    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
-        conn = self._acquire()
+    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool,
+                leases: dict | None = None) -> Metadata | None:
+        """Send one request and read its response on a connection of its own.
+
+        With ``leases`` (the downstream connection's), the connection stays
+        with that downstream connection instead of going back to the idle list.
+        """
+        conn = leases.get(self) if leases is not None else None
+        fresh = conn is None
+        if conn is None:
+            conn = self._acquire()
+            if leases is not None:
+                leases[self] = conn
         out = bytearray()
         _encode(conn.codec, metadata, mutation, out, self.stats)
         try:
             with gevent.Timeout(timeout, False):
+                if fresh and leases is not None:
+                    self._replay_session(conn, leases.get(SESSION_KEY, ()))
                 send_all(conn.sock, out)
-                if oneway:
+                md = None if oneway else self._read_one(conn)
+                if leases is None:
                     self._release(conn)
-                    return None
-                md = self._read_one(conn)
-                self._release(conn)
                 return md
             # the Timeout expired (False: no exception raised inside the block)
-            self._discard(conn)
+            self._drop(conn, leases)
             raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
         except CodecError as exc:
             self.stats.upstream_rq_decoding_error.inc()
-            self._discard(conn)
+            self._drop(conn, leases)
             raise ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR) from None
         except OSError as exc:
-            self._discard(conn)
+            self._drop(conn, leases)
             raise ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET) from None
+
+    def _replay_session(self, conn: ExclusiveConnection, frames: list[bytes]) -> None:
+        """Bring a new leased connection to the client's session state (HELLO, SELECT, AUTH...)."""
+        for frame in frames:
+            send_all(conn.sock, frame)
+            self._read_one(conn)
+
+    def _drop(self, conn: ExclusiveConnection, leases: dict | None) -> None:
+        if leases is not None and leases.get(self) is conn:
+            del leases[self]
+        self._discard(conn)
+
+    def end_lease(self, conn: ExclusiveConnection) -> None:
+        """The downstream connection holding ``conn`` closed: its session state goes with it."""
+        self._discard(conn)
 
     def _read_one(self, conn: ExclusiveConnection) -> Metadata:
         buffer = conn.buffer

@@ -118,6 +118,12 @@ class AbiHost:
         self.memory = memory
         self.allocate = allocate
 
+    def sync_memory(self) -> None:
+        """Runs before every host function: refresh the cached address and size of guest memory."""
+        memory = self.memory
+        if memory is not None:
+            memory.sync()
+
     # -- helpers ---------------------------------------------------------------------------------
     def _read(self, ptr: int, size: int) -> bytes | None:
         return self.memory.read(ptr, size)  # type: ignore[union-attr]
@@ -135,6 +141,7 @@ class AbiHost:
         if self.allocate is None:
             return abi.INTERNAL_FAILURE
         ptr = self.allocate(len(data))
+        memory.sync()  # type: ignore[union-attr]  # the allocator may have grown (and moved) memory
         if not ptr or not memory.write(ptr, data):  # type: ignore[union-attr]
             return abi.INVALID_MEMORY_ACCESS
         ok = memory.write_u32_pair(ptr_ptr, ptr, size_ptr, len(data))  # type: ignore[union-attr]

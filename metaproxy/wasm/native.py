@@ -56,8 +56,6 @@ _set_fuel = _proto("wasmtime_context_set_fuel", c_void_p, c_void_p, c_uint64)
 _trap_new = _proto("wasmtime_trap_new", c_void_p, ctypes.c_char_p, c_size_t)
 _increment_epoch = _proto("wasmtime_engine_increment_epoch", None, c_void_p)
 
-_string_at = ctypes.string_at
-_memmove = ctypes.memmove
 
 
 class WasmTrap(Exception):
@@ -92,9 +90,9 @@ def _struct_for(types: str) -> struct.Struct:
 
 #: How one value type sits in a 16-byte raw slot (i32 read unsigned: pointers and sizes are u32).
 _SLOT = {"i": "I12x", "I": "q8x", "f": "f12x", "F": "d8x"}
-#: How a host function writes its (first) result; i32 results are masked so negatives fit.
-_RESULT = {"i": lambda v: _U32.pack(v & 0xFFFFFFFF), "I": lambda v: struct.pack("<q", v),
-           "f": lambda v: struct.pack("<f", v), "F": lambda v: struct.pack("<d", v)}
+#: How a host function writes its (first) result. i32 results are written unsigned, so host
+#: functions return non-negative ints (statuses, or masked values).
+_RESULT = {"i": struct.Struct("<I"), "I": struct.Struct("<q"), "f": struct.Struct("<f"), "F": struct.Struct("<d")}
 
 
 def _trap_from(error: int | None, trap: int | None, pending: BaseException | None) -> WasmTrap:
@@ -173,56 +171,81 @@ class GuestFunction:
     def __call__(self, *params: int) -> int | None:
         if self._params is not None:
             self._params.pack_into(self._args, 0, *params)
-        self._trap.value = None
+        trap = self._trap
+        trap.value = None
         error = _call_unchecked(self._ctx, self._func, self._args_addr, self._n, self._trap_ref)
-        if error or self._trap.value:
+        if error or trap.value:
             pending, self._failures.pending = self._failures.pending, None
-            raise _trap_from(error, self._trap.value, pending)
+            raise _trap_from(error, trap.value, pending)
         if self._results is not None:
-            return self._results.unpack_from(self._args, 0)[0]
+            return self._results.unpack_from(self._args)[0]
         return None
 
 
 class GuestMemory:
-    """Bounds-checked access to the guest's linear memory (memory ``memory`` export)."""
+    """Bounds-checked access to the guest's linear memory (its ``memory`` export).
 
-    __slots__ = ("_ctx", "_mem", "_keep")
+    The host address and size of the memory are cached: :meth:`sync` refreshes
+    them and must run whenever guest code may have grown the memory since the
+    last sync (the host-call wrapper syncs on every host call, and the host syncs
+    again after calling the guest's allocator). A memory moves only when it
+    grows, so the base is re-read only when the size changed.
+    """
+
+    __slots__ = ("_ctx", "_mem", "_keep", "limit", "view")
 
     def __init__(self, ctx: int, memory: wasmtime.Memory) -> None:
         self._ctx = ctx
         self._keep = memory
         self._mem = ctypes.addressof(memory._memory)
+        self.limit = -1
+        self.view = memoryview(b"")
+        self.sync()
+
+    def sync(self) -> None:
+        size = _memory_data_size(self._ctx, self._mem)
+        if size != self.limit:
+            base = _memory_data(self._ctx, self._mem) or 0
+            # A memoryview over the whole memory: slicing it is C-speed, unlike ctypes.string_at.
+            self.view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
+            self.limit = size
 
     def size(self) -> int:
-        return _memory_data_size(self._ctx, self._mem)
-
-    def _base(self, ptr: int, size: int) -> int:
-        """Host address of guest ``ptr`` when ``[ptr, ptr+size)`` is inside memory, else 0."""
-        if ptr < 0 or size < 0 or ptr + size > _memory_data_size(self._ctx, self._mem):
-            return 0
-        return _memory_data(self._ctx, self._mem) + ptr
+        self.sync()
+        return self.limit
 
     def read(self, ptr: int, size: int) -> bytes | None:
-        if size == 0:
-            return b""
-        base = self._base(ptr, size)
-        return _string_at(base, size) if base else None
+        if ptr + size > self.limit:
+            return None
+        return self.view[ptr:ptr + size].tobytes()
 
     def write(self, ptr: int, data: bytes) -> bool:
-        base = self._base(ptr, len(data))
-        if not base:
-            return not data
-        _memmove(base, data, len(data))
+        end = ptr + len(data)
+        if end > self.limit:
+            return False
+        self.view[ptr:end] = data
         return True
 
     def write_u32(self, ptr: int, value: int) -> bool:
-        return self.write(ptr, _U32.pack(value & 0xFFFFFFFF))
+        if ptr + 4 > self.limit:
+            return False
+        _U32.pack_into(self.view, ptr, value & 0xFFFFFFFF)
+        return True
 
     def write_u32_pair(self, ptr_a: int, a: int, ptr_b: int, b: int) -> bool:
-        return self.write(ptr_a, _U32.pack(a & 0xFFFFFFFF)) and self.write(ptr_b, _U32.pack(b & 0xFFFFFFFF))
+        limit = self.limit
+        if ptr_a + 4 > limit or ptr_b + 4 > limit:
+            return False
+        view = self.view
+        _U32.pack_into(view, ptr_a, a & 0xFFFFFFFF)
+        _U32.pack_into(view, ptr_b, b & 0xFFFFFFFF)
+        return True
 
     def write_u64(self, ptr: int, value: int) -> bool:
-        return self.write(ptr, _U64.pack(value & 0xFFFFFFFFFFFFFFFF))
+        if ptr + 8 > self.limit:
+            return False
+        _U64.pack_into(self.view, ptr, value & 0xFFFFFFFFFFFFFFFF)
+        return True
 
 
 _U32 = struct.Struct("<I")
@@ -240,9 +263,11 @@ def set_fuel(ctx: int, fuel: int) -> None:
 
 
 def define_host_function(linker: wasmtime.Linker, module: str, name: str, signature: str,
-                         impl: Callable[..., int | None], failures: HostFailures) -> Any:
+                         impl: Callable[..., int | None], failures: HostFailures,
+                         before: Callable[[], None]) -> Any:
     """Define ``module.name`` in ``linker`` as ``impl`` (called with the ints of the signature).
 
+    ``before`` runs first on every call (the host syncs its view of guest memory).
     ``impl`` returns the i32 result (or None for a function without result). A
     Python exception inside it becomes a trap of the guest call, and the
     exception itself is parked in ``failures`` so the caller can say what broke.
@@ -250,18 +275,25 @@ def define_host_function(linker: wasmtime.Linker, module: str, name: str, signat
     """
     params, results = split_signature(signature)
     reader = _struct_for(params) if params else None
-    pack_result = _RESULT[results[0]] if results else None
+    writer = _RESULT[results[0]] if results else None
+    slot_bytes = _VAL_RAW_SIZE * max(len(params), len(results), 1)
     message = f"host function {module}.{name} failed".encode()
+    # wasmtime passes the arguments in a raw array on its stack; the same call path reuses the same
+    # address, so a memoryview per address (few) avoids a ctypes conversion per call.
+    views: dict[int, memoryview] = {}
+    view_type = ctypes.c_ubyte * slot_bytes
 
     def callback(_env: int, _caller: int, raw: int, _n: int) -> int:
         try:
-            if reader is not None:
-                rc = impl(*reader.unpack(_string_at(raw, reader.size)))
-            else:
-                rc = impl()
-            if pack_result is not None:
-                data = pack_result(rc or 0)
-                _memmove(raw, data, len(data))
+            view = views.get(raw)
+            if view is None:
+                if len(views) > 64:
+                    views.clear()
+                view = views[raw] = memoryview(view_type.from_address(raw)).cast("B")
+            before()
+            rc = impl(*reader.unpack_from(view)) if reader is not None else impl()
+            if writer is not None:
+                writer.pack_into(view, 0, rc or 0)
             return 0
         except BaseException as exc:  # noqa: BLE001 - every failure must become a trap, not a crash
             failures.pending = exc

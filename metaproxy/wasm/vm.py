@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 import wasmtime
@@ -120,6 +121,7 @@ class WasmVm:
         #: Streams whose request ended without on_response; finished on the next entry into the VM.
         self.finished_elsewhere: list[Stream] = []
         self._next_stream_id = ROOT_CONTEXT_ID
+        self._armed_until = 0.0
         self._start()
 
     # -- building ------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class WasmVm:
             elif got != expected:
                 raise WasmModuleError(f"{path} imports {where} with type {got}, the ABI says {expected}")
             self._keep.append(define_host_function(self.linker, item.module, item.name, expected, impl,
-                                                   self.failures))
+                                                   self.failures, self.host.sync_memory))
 
     def _start(self) -> None:
         """New Store and instance, then the module's start-up callbacks. Raises WasmModuleError."""
@@ -227,14 +229,28 @@ class WasmVm:
 
     # -- bounded calls -----------------------------------------------------------------------------------
     def _arm(self, seconds: float | None = None) -> None:
-        """Bound the next top-level guest call: epoch deadline, and fuel when configured."""
-        set_epoch_deadline(self.ctx, ticks_for(self.spec.timeout if seconds is None else seconds))
+        """Bound the next top-level guest call: epoch deadline, and fuel when configured.
+
+        Setting the deadline is a C call, so it is not repeated for every callback:
+        it is set to ``timeout * 1.25`` and renewed once more than ``timeout / 4``
+        has passed. A callback therefore always gets at least ``timeout``, and is
+        stopped after at most ``1.25 * timeout`` plus one epoch tick.
+        """
+        if seconds is not None:
+            set_epoch_deadline(self.ctx, ticks_for(seconds))
+            self._armed_until = 0.0
+        else:
+            now = monotonic()
+            if now >= self._armed_until:
+                timeout = self.spec.timeout
+                set_epoch_deadline(self.ctx, ticks_for(timeout * 1.25))
+                self._armed_until = now + timeout * 0.25
         if self.spec.fuel:
             set_fuel(self.ctx, self.spec.fuel)
 
     def _trapped(self, trap: WasmTrap) -> None:
         memory = self.host.memory
-        if trap.kind == "trap" and memory is not None and memory.size() + 65536 > self.spec.memory_limit:
+        if trap.kind == "trap" and memory is not None and memory.size() > self.spec.memory_limit * 0.9:
             trap.kind = "memory_limit"  # the module gave up after the Store refused to grow its memory
         self.broken = f"{trap.kind}: {trap.message}"
         self.host.streams.clear()
