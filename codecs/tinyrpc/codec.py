@@ -176,6 +176,9 @@ class TinyRpcCodec(Codec):
                            status=ERROR_CODES[error.kind])
 
     def heartbeat_reply(self, metadata: Metadata, buffer: bytearray) -> None:
+        state = metadata.codec_state
+        if state is not None and state.type == TYPE_HEARTBEAT_REPLY:
+            return  # a reply is never answered (no ping-pong)
         reply = Metadata(request_id=metadata["request_id"], message_type=MessageType.HEARTBEAT)
         self._encode_fresh(reply, {}, buffer, type_=TYPE_HEARTBEAT_REPLY)
 

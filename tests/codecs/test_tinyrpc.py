@@ -25,3 +25,20 @@ class TestTinyRpcConformance(CodecConformance):
         _frame(request_id=1, message_type=MessageType.RESPONSE, service="demo", method="sayHello",
                body=b"world"),
     ]
+
+
+def test_heartbeat_is_answered_but_a_heartbeat_reply_is_not():
+    from metaproxy.codec import Direction
+
+    ping = bytearray()
+    TinyRpcCodec().make_heartbeat(5, ping)
+    md = Metadata()
+    TinyRpcCodec().decode(ping, md)
+    pong = bytearray()
+    TinyRpcCodec().heartbeat_reply(md, pong)
+    reply = Metadata()
+    TinyRpcCodec(direction=Direction.RESPONSE).decode(bytearray(pong), reply)
+    assert reply["message_type"] is MessageType.HEARTBEAT and reply["request_id"] == 5
+    out = bytearray()
+    TinyRpcCodec().heartbeat_reply(reply, out)
+    assert out == bytearray()
