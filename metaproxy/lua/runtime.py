@@ -222,6 +222,7 @@ class ScriptRuntime:
         try:
             result = self._host_compile(source, self.name, self._lua_config)
         except Exception as exc:  # memory errors outside pcall, undecodable messages
+            self._reset()
             self._after_memory_error()
             raise ScriptError(f"{self.name}: {exc}") from None
         if not isinstance(result, tuple) or result[0] is None:

@@ -215,3 +215,19 @@ end""")
         assert "get=function" in ctx.mutation["pairs"]
     else:
         assert ctx.mutation["pairs"] == "a=1,method=ping"
+
+
+def test_bytes_that_are_not_utf8_fail_the_request_not_the_filter(make_filter, engine):
+    f = make_filter(engine=engine, source="""
+function on_request(h)
+  local what = h:metadata():get("what")
+  if what == "error" then error(string.char(255, 254)) end
+  if what == "reply" then h:respond_error("unspecified", string.char(255)) end
+  if what == "set" then h:mutation():set("k", string.char(255)) end
+  h:mutation():set("ok", "1")
+end""")
+    for what in ("error", "reply", "set"):
+        err = f.on_request(ctx_for(what=what))
+        assert err is not None and err.kind is ErrorType.UNSPECIFIED, what
+    ctx = ctx_for(what="fine")
+    assert f.on_request(ctx) is None and ctx.mutation == {"ok": "1"}
