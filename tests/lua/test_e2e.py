@@ -179,3 +179,21 @@ def _wait(predicate, timeout: float) -> float:
         time.sleep(0.01)
     return time.monotonic() - started
 
+
+
+def test_sandbox_inside_the_proxy(tinyrpc_server, proxy, tmp_path):
+    v1 = tinyrpc_server("v1")
+    script = tmp_path / "probe.lua"
+    script.write_text("""
+local names = {"os", "io", "debug", "package", "require", "dofile", "loadfile", "python", "collectgarbage"}
+function on_request(h)
+  local found = {}
+  for _, n in ipairs(names) do if _G[n] ~= nil then found[#found + 1] = n end end
+  local ok = pcall(function() return h.__class__.__init__ end)
+  h:mutation():set("x-globals", table.concat(found, ","))
+  h:mutation():set("x-escape", tostring(ok))
+end""")
+    p = proxy(config([{"name": "lua", "script": str(script)}], v1))
+    with TinyRpcClient(*p.address()) as client:
+        md, _ = client.call("ping")
+    assert md["x-globals"] == "" and md["x-escape"] == "false"
