@@ -1,0 +1,1 @@
+"""Command-line tools for protocol authors and operators (``metaproxy decode``, ``metaproxy new-codec``)."""
