@@ -107,11 +107,10 @@ class RequestTracer(RequestObserver):
             return
         service = md.get_str("service", "") or ""
         method = md.get_str("method", "") or ""
+        # Few attributes: the SDK validates each one, and that is most of a span's cost.
         span = self.tracer.start_span(
             f"{service}/{method}", context=parent, kind=SpanKind.SERVER,
-            attributes={"rpc.system": ctx.protocol, "rpc.service": service, "rpc.method": method,
-                        "metaproxy.listener": ctx.listener,
-                        "client.address": ctx.downstream_address},
+            attributes={"rpc.system": ctx.protocol, "rpc.service": service, "rpc.method": method},
         )
         ctx.trace = TraceState(span)
 
@@ -122,14 +121,18 @@ class RequestTracer(RequestObserver):
         span = state.span
         if span.is_recording():
             status = _response_status(ctx)
-            span.set_attributes({
-                "metaproxy.route": ctx.route_name,
-                "metaproxy.cluster": ctx.cluster_name,
-                "metaproxy.upstream_host": ctx.upstream_host,
-                "metaproxy.response_status": status,
-                "metaproxy.response_flags": ctx.response_flags,
-                "metaproxy.attempts": ctx.attempts,
-            })
+            attributes: dict[str, Any] = {"metaproxy.response_status": status}
+            if ctx.route is not None:
+                attributes["metaproxy.route"] = ctx.route_name
+            if ctx.cluster_name:
+                attributes["metaproxy.cluster"] = ctx.cluster_name
+            if ctx.upstream_host:
+                attributes["metaproxy.upstream_host"] = ctx.upstream_host
+            if ctx.response_flags:
+                attributes["metaproxy.response_flags"] = ctx.response_flags
+            if ctx.attempts > 1:
+                attributes["metaproxy.attempts"] = ctx.attempts
+            span.set_attributes(attributes)
             if ctx.error is not None:
                 span.set_status(Status(StatusCode.ERROR, ctx.error.message))
             elif status == "error":
@@ -145,8 +148,7 @@ class RequestTracer(RequestObserver):
         span = self.tracer.start_span(
             f"{md.get_str('service', '')}/{md.get_str('method', '')}",
             context=trace.set_span_in_context(state.span), kind=SpanKind.CLIENT,
-            attributes={"rpc.system": ctx.protocol, "metaproxy.cluster": cluster, "server.address": host,
-                        "metaproxy.attempt": ctx.attempts},
+            attributes={"metaproxy.cluster": cluster, "server.address": host, "metaproxy.attempt": ctx.attempts},
         )
         _PROPAGATOR.inject(ctx.mutation, context=trace.set_span_in_context(span))
         return span

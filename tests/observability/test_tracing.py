@@ -59,7 +59,7 @@ def test_server_span_continues_the_incoming_trace_and_the_client_span_is_injecte
     assert injected == f"00-{TRACE_ID}-{client.context.span_id:016x}-01"
     assert ctx.mutation["tracestate"] == "vendor=1"
     assert ctx.trace.trace_id == TRACE_ID
-    assert server.attributes["rpc.method"] == "sayHello" and server.attributes["metaproxy.listener"] == "in"
+    assert server.attributes["rpc.method"] == "sayHello" and server.attributes["rpc.system"] == "tinyrpc"
     assert server.attributes["metaproxy.response_status"] == "success"
     assert client.attributes["server.address"] == "127.0.0.1:9191"
     assert server.resource.attributes["service.name"] == "test-proxy"
