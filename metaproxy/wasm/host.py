@@ -51,7 +51,12 @@ def error_kind_for(status: int, grpc_status: int) -> ErrorType:
 
 
 class Stream:
-    """One request as the module sees it: a Proxy-Wasm stream context."""
+    """One request as the module sees it: a Proxy-Wasm stream context.
+
+    ``ctx`` (the RequestContext) is set only while a callback for this stream
+    runs: the request's ``ctx.scratch`` holds the stream's sentinel, and a
+    reference back would keep both alive after the request is gone.
+    """
 
     __slots__ = ("context_id", "ctx", "local_reply", "continued", "generation", "finished", "__weakref__")
 
@@ -76,16 +81,25 @@ class Identity:
         self.module_name = module_name
 
 
+def no_memory(func: Any) -> Any:
+    """Mark a host function that reads no guest memory up front: the per-call memory sync is skipped."""
+    func.no_memory = True
+    return func
+
+
+@no_memory
 def unimplemented(*_args: int) -> int:
     """Any Proxy-Wasm function metaproxy does not offer (HTTP/gRPC calls, shared data, queues...)."""
     return abi.UNIMPLEMENTED
 
 
+@no_memory
 def wasi_unsupported(*_args: int) -> int:
     """Filesystem, sockets and the like: not in the sandbox."""
     return abi.WASI_NOTSUP
 
 
+@no_memory
 def wasi_bad_fd(*_args: int) -> int:
     """fd_* calls: there are no open files (this also ends wasi-libc's preopen scan)."""
     return abi.WASI_BADF
@@ -112,6 +126,8 @@ class AbiHost:
         self.done_requested: list[int] = []
         self.awaiting_done: set[int] = set()
         self.logs: list[tuple[int, str]] = []
+        self._threshold = abi.LOG_INFO
+        self._threshold_until = 0.0
         self._stdio = {1: b"", 2: b""}
 
     def attach(self, memory: GuestMemory, allocate: GuestFunction | None) -> None:
@@ -150,7 +166,7 @@ class AbiHost:
     def _maps(self, map_type: int) -> tuple[Metadata | None, Mutation] | None:
         """(metadata, mutation) behind a header map, or None when that map is not available now."""
         stream = self.current
-        if stream is None:
+        if stream is None or stream.ctx is None:
             return None
         ctx = stream.ctx
         if map_type == abi.MAP_REQUEST_HEADERS:
@@ -180,16 +196,23 @@ class AbiHost:
     def header_value(self, key: str) -> str | None:
         """The current request's header-map value of ``key`` (for ``metaprotocol.*`` properties)."""
         stream = self.current
-        if stream is None:
+        if stream is None or stream.ctx is None:
             return None
         return self.view_value(stream.ctx.metadata, stream.ctx.mutation, key)
 
     def log_threshold(self) -> int:
+        """The ABI log level below which proxy_log drops messages (the logger's level, re-read every second)."""
+        now = time.monotonic()
+        if now < self._threshold_until:
+            return self._threshold
         level = self.logger.getEffectiveLevel()
+        threshold = abi.LOG_CRITICAL
         for py_level, abi_level in _PY_LEVEL_TO_ABI:
             if level <= py_level:
-                return abi_level
-        return abi.LOG_CRITICAL
+                threshold = abi_level
+                break
+        self._threshold, self._threshold_until = threshold, now + 1.0
+        return threshold
 
     def flush_logs(self) -> None:
         """Emit what the module logged during the call that just returned (outside the guest)."""
@@ -199,11 +222,13 @@ class AbiHost:
             self.logger.log(_ABI_TO_PY_LEVEL.get(level, logging.INFO), "%s %s", prefix, message)
 
     # -- logging and clocks ------------------------------------------------------------------------
+    @no_memory
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
         if level > abi.LOG_CRITICAL:
             return abi.BAD_ARGUMENT
         if level < self.log_threshold():
-            return abi.OK
+            return abi.OK  # SDKs log a lot at debug level: dropping it must cost next to nothing
+        self.memory.sync()
         message = self._read_str(ptr, size)
         if message is None:
             return abi.INVALID_MEMORY_ACCESS
@@ -216,11 +241,13 @@ class AbiHost:
     def proxy_get_current_time_nanoseconds(self, ret_ptr: int) -> int:
         return abi.OK if self.memory.write_u64(ret_ptr, time.time_ns()) else abi.INVALID_MEMORY_ACCESS
 
+    @no_memory
     def proxy_set_tick_period_milliseconds(self, period: int) -> int:
         self.tick_period_ms = period
         return abi.OK
 
     # -- contexts ----------------------------------------------------------------------------------
+    @no_memory
     def proxy_set_effective_context(self, context_id: int) -> int:
         if context_id == self.root_context_id:
             self.current = None
@@ -231,6 +258,7 @@ class AbiHost:
         self.current = stream
         return abi.OK
 
+    @no_memory
     def proxy_done(self) -> int:
         context_id = self.current.context_id if self.current is not None else self.root_context_id
         if context_id not in self.awaiting_done:
@@ -254,7 +282,10 @@ class AbiHost:
             return data
         if start > len(data):
             return abi.BAD_ARGUMENT
-        return self._return_bytes(data[start:start + max_size], ptr_ptr, size_ptr)
+        chunk = data[start:start + max_size]
+        if not chunk:
+            return abi.OK  # as Envoy does: nothing to copy, nothing written (an SDK may rely on it)
+        return self._return_bytes(chunk, ptr_ptr, size_ptr)
 
     def proxy_get_buffer_status(self, buffer_type: int, size_ptr: int, flags_ptr: int) -> int:
         data = self._buffer(buffer_type)
@@ -263,6 +294,7 @@ class AbiHost:
         ok = self.memory.write_u32_pair(size_ptr, len(data), flags_ptr, 0)
         return abi.OK if ok else abi.INVALID_MEMORY_ACCESS
 
+    @no_memory
     def proxy_set_buffer_bytes(self, buffer_type: int, *_rest: int) -> int:
         data = self._buffer(buffer_type)
         return data if isinstance(data, int) else abi.BAD_ARGUMENT  # configuration is read-only
@@ -365,6 +397,7 @@ class AbiHost:
         self.current.local_reply = ProxyError(error_kind_for(status, grpc), message)
         return abi.OK
 
+    @no_memory
     def proxy_continue_stream(self, stream_type: int) -> int:
         if stream_type > abi.STREAM_UPSTREAM:
             return abi.BAD_ARGUMENT
@@ -374,6 +407,7 @@ class AbiHost:
             self.current.continued = True
         return abi.OK
 
+    @no_memory
     def proxy_close_stream(self, stream_type: int) -> int:
         if stream_type > abi.STREAM_UPSTREAM:
             return abi.BAD_ARGUMENT
@@ -382,12 +416,15 @@ class AbiHost:
                 ErrorType.UNSPECIFIED, f"request reset by wasm filter {self.identity.plugin_name}")
         return abi.OK
 
+    @no_memory
     def proxy_continue_request(self) -> int:
         return self.proxy_continue_stream(abi.STREAM_REQUEST)
 
+    @no_memory
     def proxy_continue_response(self) -> int:
         return self.proxy_continue_stream(abi.STREAM_RESPONSE)
 
+    @no_memory
     def proxy_clear_route_cache(self) -> int:
         return abi.OK  # routes are chosen after the filters run: nothing is cached yet
 
@@ -396,7 +433,7 @@ class AbiHost:
         raw = self._read(path_ptr, path_size)
         if raw is None:
             return abi.INVALID_MEMORY_ACCESS
-        ctx = self.current.ctx if self.current is not None else None
+        ctx = self.current.ctx if self.current is not None else None  # None: root context, or request gone
         value = properties.resolve(properties.normalize(raw), self.identity, ctx, self.header_value)
         if value is None:
             return abi.NOT_FOUND
@@ -412,9 +449,11 @@ class AbiHost:
         metric_id = self.metrics.define(metric_type, name)
         return abi.OK if self.memory.write_u32(id_ptr, metric_id) else abi.INVALID_MEMORY_ACCESS
 
+    @no_memory
     def proxy_increment_metric(self, metric_id: int, delta: int) -> int:
         return self.metrics.increment(metric_id, delta)
 
+    @no_memory
     def proxy_record_metric(self, metric_id: int, value: int) -> int:
         return self.metrics.record(metric_id, value & 0xFFFFFFFFFFFFFFFF)
 
@@ -476,14 +515,18 @@ class AbiHost:
     def wasi_args_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
         return self._zero_sizes(count_ptr, size_ptr)
 
+    @no_memory
     def wasi_environ_get(self, _array: int, _buffer: int) -> int:
         return abi.WASI_SUCCESS
 
+    @no_memory
     def wasi_args_get(self, _array: int, _buffer: int) -> int:
         return abi.WASI_SUCCESS
 
+    @no_memory
     def wasi_sched_yield(self) -> int:
         return abi.WASI_SUCCESS
 
+    @no_memory
     def wasi_proc_exit(self, code: int) -> None:
         raise GuestExit(f"module called proc_exit({code})")

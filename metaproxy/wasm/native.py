@@ -264,10 +264,10 @@ def set_fuel(ctx: int, fuel: int) -> None:
 
 def define_host_function(linker: wasmtime.Linker, module: str, name: str, signature: str,
                          impl: Callable[..., int | None], failures: HostFailures,
-                         before: Callable[[], None]) -> Any:
+                         before: Callable[[], None] | None) -> Any:
     """Define ``module.name`` in ``linker`` as ``impl`` (called with the ints of the signature).
 
-    ``before`` runs first on every call (the host syncs its view of guest memory).
+    ``before``, when given, runs first on every call (the host syncs its view of guest memory).
     ``impl`` returns the i32 result (or None for a function without result). A
     Python exception inside it becomes a trap of the guest call, and the
     exception itself is parked in ``failures`` so the caller can say what broke.
@@ -290,7 +290,8 @@ def define_host_function(linker: wasmtime.Linker, module: str, name: str, signat
                 if len(views) > 64:
                     views.clear()
                 view = views[raw] = memoryview(view_type.from_address(raw)).cast("B")
-            before()
+            if before is not None:
+                before()
             rc = impl(*reader.unpack_from(view)) if reader is not None else impl()
             if writer is not None:
                 writer.pack_into(view, 0, rc or 0)

@@ -150,8 +150,9 @@ class WasmVm:
                 expected, impl = got, unimplemented
             elif got != expected:
                 raise WasmModuleError(f"{path} imports {where} with type {got}, the ABI says {expected}")
+            before = None if getattr(impl, "no_memory", False) else self.host.sync_memory
             self._keep.append(define_host_function(self.linker, item.module, item.name, expected, impl,
-                                                   self.failures, self.host.sync_memory))
+                                                   self.failures, before))
 
     def _start(self) -> None:
         """New Store and instance, then the module's start-up callbacks. Raises WasmModuleError."""
@@ -281,6 +282,7 @@ class WasmVm:
             raise
         finally:
             host.current = None
+            stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
             if host.logs:
                 host.flush_logs()
         reply = stream.local_reply
@@ -296,6 +298,14 @@ class WasmVm:
         """Run proxy_on_response_headers for a stream of this instance, then finish the stream."""
         if stream.finished or stream.generation != self.generation or self.broken:
             return
+        stream.ctx = rctx
+        try:
+            self._response_headers(stream, rctx)
+            self.finish(stream)
+        finally:
+            stream.ctx = None
+
+    def _response_headers(self, stream: Stream, rctx: Any) -> None:
         if self.f_response_headers is not None:
             host = self.host
             host.current = stream
@@ -313,7 +323,6 @@ class WasmVm:
             if stream.local_reply is not None:
                 self.logger.warning("wasm[%s] sent a local response while processing a response: ignored",
                                     self.identity.plugin_name)
-        self.finish(stream)
 
     def finish(self, stream: Stream) -> None:
         """proxy_on_done, then proxy_on_log and proxy_on_delete (unless on_done asks to wait)."""

@@ -8,8 +8,9 @@
  * - `header: value` is set on every request;
  * - when `copy_from` names a request key, its value is also copied to `header`-from;
  * - `response_header` is set on every response to the request's method.
- * The filter keeps no per-request state, so it exports no proxy_on_done/log/delete
- * (the host skips callbacks a module does not export: fewer calls per request).
+ * The filter keeps no per-request state, so it exports no proxy_on_context_create nor
+ * proxy_on_done/log/delete: all callbacks are optional, and the host skips those a
+ * module does not export (two guest calls per request instead of six).
  */
 #include "proxy_wasm.h"
 
@@ -41,8 +42,6 @@ WASM_EXPORT("proxy_on_configure") u32 proxy_on_configure(u32 root, u32 size) {
     pw_log(PW_INFO, "add_header: configured");
     return 1;
 }
-
-WASM_EXPORT("proxy_on_context_create") void proxy_on_context_create(u32 id, u32 parent) {}
 
 WASM_EXPORT("proxy_on_request_headers") u32 proxy_on_request_headers(u32 id, u32 n, u32 eos) {
     pw_begin_callback();

@@ -29,8 +29,6 @@ WASM_EXPORT("proxy_on_configure") u32 proxy_on_configure(u32 root, u32 size) {
     return 1;
 }
 
-WASM_EXPORT("proxy_on_context_create") void proxy_on_context_create(u32 id, u32 parent) {}
-
 WASM_EXPORT("proxy_on_request_headers") u32 proxy_on_request_headers(u32 id, u32 n, u32 eos) {
     pw_begin_callback();
     const char *v = 0;
