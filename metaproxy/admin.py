@@ -388,3 +388,38 @@ class AdminServer:
             if name.startswith("metaproxy"):
                 levels[name] = logging.getLevelName(logging.getLogger(name).getEffectiveLevel())
         return _json({"levels": levels})
+
+
+# -- several worker processes ------------------------------------------------------
+
+def snapshot(store: StatsStore) -> list[list[Any]]:
+    """A JSON-able copy of every stat, for a worker to hand to the process that serves the admin port."""
+    out: list[list[Any]] = []
+    for scope, name, stat in store.items():
+        if isinstance(stat, Histogram):
+            out.append([scope, name, "h", {"bounds": list(stat.bounds), "counts": list(stat.counts),
+                                            "sum": stat.sum, "count": stat.count}])
+        else:
+            out.append([scope, name, "g" if isinstance(stat, Gauge) else "c", stat.value])
+    return out
+
+
+def merge_snapshots(snapshots: Iterable[list[list[Any]]]) -> StatsStore:
+    """One store summing the workers' snapshots: counters and gauges add up, histograms add bucket by bucket."""
+    merged = StatsStore()
+    for snap in snapshots:
+        for scope, name, kind, value in snap:
+            if kind == "h":
+                hist = merged.histogram(scope, name)
+                if tuple(value["bounds"]) != hist.bounds:
+                    hist.bounds = tuple(value["bounds"])
+                    hist.counts = [0] * (len(hist.bounds) + 1)
+                for index, n in enumerate(value["counts"]):
+                    hist.counts[index] += n
+                hist.sum += value["sum"]
+                hist.count += value["count"]
+            elif kind == "g":
+                merged.gauge(scope, name).inc(value)
+            else:
+                merged.counter(scope, name).inc(value)
+    return merged
