@@ -16,10 +16,11 @@ Two independent verdicts take an endpoint out of rotation (Endpoint.in_rotation)
   that stayed in rotation earns one ejection back, so a host that recovered
   for good returns to short ejections.
 
-As Envoy does by default (``successful_active_health_check_uneject_host``), a
-health check that turns an endpoint healthy again also ends its ejection:
-a killed and restarted server is back as soon as a check sees it, not after
-its ejection time.
+When active checks had marked an endpoint unhealthy and then see it healthy
+again, its ejection ends too: a killed and restarted server is back as soon
+as a check sees it, not after its ejection time. A passing check alone does
+not end an ejection (an endpoint may accept connections yet fail requests);
+compare Envoy's ``successful_active_health_check_uneject_host``.
 
 Everything runs in one greenlet per cluster and job; all state is on the
 Endpoint objects the balancers already read, so the hot path pays nothing.

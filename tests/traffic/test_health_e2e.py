@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.testing.harness import free_port, wait_for_port
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 from tests.traffic.conftest import is_error, wait_until
 
@@ -32,7 +32,7 @@ class ServerProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "metaproxy_codecs.tinyrpc.sample", "server",
                                       "--port", str(self.port), "--name", self.name],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
