@@ -64,6 +64,7 @@ class ListenerConfig:
     rds: RdsConfig | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     idle_timeout: float = 300.0
+    request_read_timeout: float = 10.0
     max_connections: int = 10000
     max_requests_per_connection: int = 1024
     max_buffered_bytes: int = 8 * 1024 * 1024
@@ -233,7 +234,8 @@ def _read_listener(sec: Section) -> ListenerConfig | None:
         route_config=route_config,
         rds=rds,
         max_message_bytes=sec.take("max_message_bytes", int, DEFAULT_MAX_MESSAGE_BYTES, _positive),
-        idle_timeout=sec.take("idle_timeout", "duration", 300.0),
+        idle_timeout=sec.take("idle_timeout", "duration", 300.0, _positive),
+        request_read_timeout=sec.take("request_read_timeout", "duration", 10.0, _positive),
         max_connections=sec.take("max_connections", int, 10000, _positive),
         max_requests_per_connection=sec.take("max_requests_per_connection", int, 1024, _positive),
         max_buffered_bytes=sec.take("max_buffered_bytes", int, 8 * 1024 * 1024, _positive),

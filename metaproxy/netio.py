@@ -12,6 +12,14 @@ import socket
 import ssl
 
 
+#: One receive buffer for the whole process. Safe under gevent: between
+#: ``recv_into`` returning and the caller copying the bytes out there is no
+#: switch, and it saves 64 KiB per connection (10,000 idle connections).
+READ_SIZE = 65536
+SCRATCH = bytearray(READ_SIZE)
+SCRATCH_VIEW = memoryview(SCRATCH)
+
+
 def send_all(sock: socket.socket, data: bytes | bytearray) -> None:
     raw = getattr(sock, "_sock", None)
     if raw is None or isinstance(sock, ssl.SSLSocket):

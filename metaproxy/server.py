@@ -24,7 +24,7 @@ from metaproxy.chain import FilterChain, FilterEnv, RequestContext, load_filter_
 from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction
 from metaproxy.config import ListenerConfig
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
-from metaproxy.netio import send_all
+from metaproxy.netio import SCRATCH, SCRATCH_VIEW, send_all
 from metaproxy.observer import RequestObserver
 from metaproxy.router import RouteHolder
 from metaproxy.stats import ListenerStats, StatsStore
@@ -33,7 +33,6 @@ from metaproxy.upstream.pool import SESSION_KEY
 
 log = logging.getLogger("metaproxy.server")
 
-_READ_SIZE = 65536
 _STREAMS = (MessageType.STREAM_INIT, MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
 
@@ -87,6 +86,7 @@ class Listener:
         }
         self.chain = build_chain(config, FilterEnv(config.name, self.protocol, base_dir, "", services))
         self.server: StreamServer | None = None
+        self._sweeper: gevent.Greenlet | None = None
         self.ssl_context = _server_ssl_context(config) if config.tls else None
         if config.route_config is not None:
             for route in config.route_config.routes:
@@ -109,12 +109,34 @@ class Listener:
         sock.setblocking(False)
         self.server = StreamServer(sock, self._accept)
         self.server.start()
+        self._sweeper = gevent.spawn(self._sweep)
         log.info("listener %s (%s) on %s:%d", self.name, self.protocol, *self.server.address[:2])
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.server is not None
         return self.server.address[:2]
+
+    def _sweep(self) -> None:
+        """Close idle connections and ones stuck mid-message (slowloris), once a second at most.
+
+        A sweeper instead of socket timeouts: no timer is armed per read on the hot path.
+        """
+        idle = self.config.idle_timeout
+        read_timeout = self.config.request_read_timeout
+        period = max(0.05, min(1.0, idle / 4, read_timeout / 4))
+        while True:
+            gevent.sleep(period)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                if conn.partial_since and now - conn.partial_since > read_timeout:
+                    self.stats.cx_read_timeout.inc()
+                    log.info("listener %s: %s sent a partial message for over %.1fs; closing",
+                             self.name, conn.peer, read_timeout)
+                    conn.close()
+                elif not conn.active and now - conn.last_activity > idle:
+                    self.stats.cx_idle_timeout.inc()
+                    conn.close()
 
     def stop_accepting(self) -> None:
         self.draining = True
@@ -136,6 +158,8 @@ class Listener:
 
     def close(self) -> None:
         self.stop_accepting()
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
         for conn in list(self.connections):
             conn.close()
         self.chain.close()
@@ -206,6 +230,9 @@ class DownstreamConnection:
         self.codec = listener.new_codec(Direction.REQUEST)
         self.active = 0
         self.closed = False
+        #: For the listener's sweeper: idle and slow-request (slowloris) timeouts.
+        self.last_activity = time.monotonic()
+        self.partial_since = 0.0
         self._write_lock = Semaphore()
         self._slots = Semaphore(listener.config.max_requests_per_connection)
         self._greenlets: set[gevent.Greenlet] = set()
@@ -221,24 +248,16 @@ class DownstreamConnection:
         sock = self.sock
         max_bytes = listener.config.max_message_bytes
         buffer = bytearray()
-        scratch = bytearray(_READ_SIZE)
-        view = memoryview(scratch)
         spawn = listener.multiplexing
-        sock.settimeout(listener.config.idle_timeout)
         try:
             while not self.closed:
-                try:
-                    n = sock.recv_into(scratch)
-                except socket.timeout:
-                    if self.active:
-                        continue
-                    stats.cx_idle_timeout.inc()
-                    return
+                n = sock.recv_into(SCRATCH)
                 if not n:
                     if self.active:
                         stats.cx_destroy_remote_with_active_rq.inc()
                     return
-                buffer += view[:n]
+                self.last_activity = time.monotonic()
+                buffer += SCRATCH_VIEW[:n]
                 while buffer:
                     md = Metadata()
                     try:
@@ -247,12 +266,15 @@ class DownstreamConnection:
                         self._decode_failed(md, exc)
                         return
                     if status is not DecodeStatus.DONE:
+                        if not self.partial_since:
+                            self.partial_since = self.last_activity
                         if len(buffer) > max_bytes:
                             self._decode_failed(md, CodecError(
                                 f"incomplete message already {len(buffer)} bytes, over max_message_bytes"))
                             return
                         break
                     stats.request_decoding_success.inc()
+                    self.partial_since = 0.0
                     if md.get("message_type") is MessageType.HEARTBEAT:
                         stats.request_heartbeat.inc()
                         out = bytearray()
@@ -304,7 +326,8 @@ class DownstreamConnection:
         self.active += 1
         ctx = RequestContext(md, listener.name, listener.protocol)
         ctx.downstream_address = self.peer
-        ctx.peer_identity = self.identity
+        if self.identity:
+            ctx.peer_identity = md["peer_identity"] = self.identity
         ctx.routes = listener.routes.current
         ctx.leases = self.leases
         oneway = md.get("message_type") is MessageType.ONEWAY

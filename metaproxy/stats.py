@@ -142,6 +142,7 @@ class ListenerStats:
         self.cx_total = c(scope, "cx_total")
         self.cx_overflow = c(scope, "cx_overflow")
         self.cx_idle_timeout = c(scope, "cx_idle_timeout")
+        self.cx_read_timeout = c(scope, "cx_read_timeout")
         self.cx_destroy_local_with_active_rq = c(scope, "cx_destroy_local_with_active_rq")
         self.cx_destroy_remote_with_active_rq = c(scope, "cx_destroy_remote_with_active_rq")
         self.mutation_dropped = c(scope, "mutation_dropped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from typing import Callable, Iterable
 
@@ -12,7 +13,7 @@ from metaproxy.message import ErrorType, Metadata, ProxyError
 from metaproxy.stats import ClusterStats, StatsStore
 from metaproxy.upstream.endpoint import Endpoint
 from metaproxy.upstream.lb import make_balancer
-from metaproxy.upstream.pool import OVERFLOW, ExclusivePool, Limits, MultiplexPool
+from metaproxy.upstream.pool import OVERFLOW, ExclusivePool, Limits, MultiplexPool, UpstreamTls
 
 log = logging.getLogger("metaproxy.upstream")
 
@@ -35,6 +36,7 @@ class Cluster:
         self.active_retries = 0
         #: Pools by (endpoint address, protocol key): one cluster may serve several listeners.
         self._pools: dict[tuple[str, str], MultiplexPool | ExclusivePool] = {}
+        self.tls = _client_tls(config)
         self.stats.membership_total.set(len(self.endpoints))
         self.stats.membership_healthy.set(len(self.endpoints))
         #: Called with (endpoint, error or None) after every upstream try (outlier detection).
@@ -70,7 +72,7 @@ class Cluster:
         if pool is None:
             kind = MultiplexPool if multiplexing else ExclusivePool
             pool = kind(endpoint, codec_factory, self.config.connections_per_endpoint, self.stats, self.limits,
-                        self.config.connect_timeout)
+                        self.config.connect_timeout, self.tls)
             self._pools[key] = pool
         return pool
 
@@ -89,6 +91,19 @@ class Cluster:
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+
+
+def _client_tls(config: ClusterConfig) -> UpstreamTls | None:
+    """TLS origination: verify the server against ``ca_file`` (or the system store), present a cert if given."""
+    tls = config.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file) if tls.ca_file else ssl.create_default_context()
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file or None)
+    if tls.sni is None and tls.ca_file:
+        context.check_hostname = False  # endpoints are addresses; the CA pins who may answer
+    return UpstreamTls(context, tls.sni)
 
 
 class ClusterManager:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from typing import Callable
 
 import gevent
@@ -27,7 +28,7 @@ from gevent.lock import Semaphore
 
 from metaproxy.codec import Codec, CodecError, DecodeStatus
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
-from metaproxy.netio import send_all
+from metaproxy.netio import SCRATCH, SCRATCH_VIEW, send_all
 from metaproxy.stats import ClusterStats
 from metaproxy.upstream.endpoint import Endpoint
 
@@ -35,7 +36,6 @@ log = logging.getLogger("metaproxy.upstream")
 
 #: Largest request id handed out upstream: int32 so every protocol can carry it.
 MAX_UPSTREAM_ID = 2**31 - 1
-_READ_SIZE = 65536
 
 #: Response flags (Envoy's) that tell retries what went wrong.
 CONNECT_FAILURE = "UF"
@@ -66,7 +66,18 @@ def _connect_error(endpoint: Endpoint, exc: BaseException) -> ProxyError:
                       CONNECT_FAILURE)
 
 
-def _open_socket(endpoint: Endpoint, timeout: float, stats: ClusterStats, limits: Limits) -> socket.socket:
+class UpstreamTls:
+    """TLS origination settings of a cluster: a client context and the SNI name to send."""
+
+    __slots__ = ("context", "server_name")
+
+    def __init__(self, context: ssl.SSLContext, server_name: str | None) -> None:
+        self.context = context
+        self.server_name = server_name
+
+
+def _open_socket(endpoint: Endpoint, timeout: float, stats: ClusterStats, limits: Limits,
+                 tls: UpstreamTls | None = None) -> socket.socket:
     if limits.connections >= limits.max_connections:
         stats.upstream_cx_overflow.inc()
         raise ProxyError(ErrorType.OVER_LIMIT, "upstream connection limit reached", OVERFLOW)
@@ -79,8 +90,15 @@ def _open_socket(endpoint: Endpoint, timeout: float, stats: ClusterStats, limits
     except OSError as exc:
         stats.upstream_cx_connect_fail.inc()
         raise _connect_error(endpoint, exc) from None
-    sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        try:
+            sock = tls.context.wrap_socket(sock, server_hostname=tls.server_name or endpoint.host)
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            stats.upstream_cx_connect_fail.inc()
+            raise _connect_error(endpoint, exc) from None
+    sock.settimeout(None)
     limits.connections += 1
     stats.upstream_cx_total.inc()
     stats.upstream_cx_active.inc()
@@ -98,8 +116,9 @@ class MultiplexConnection:
     """One connection carrying many requests, matched to responses by request id."""
 
     def __init__(self, endpoint: Endpoint, codec: Codec, stats: ClusterStats, limits: Limits,
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, tls: UpstreamTls | None = None) -> None:
         self.endpoint = endpoint
+        self.tls = tls
         self.codec = codec
         self.stats = stats
         self.limits = limits
@@ -124,7 +143,7 @@ class MultiplexConnection:
             return
         self._connecting = AsyncResult()
         try:
-            self.sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits)
+            self.sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits, self.tls)
         except ProxyError as err:
             self.closed = True
             self._connecting.set_exception(err)
@@ -176,15 +195,13 @@ class MultiplexConnection:
     def _read_loop(self) -> None:
         sock = self.sock
         buffer = bytearray()
-        scratch = bytearray(_READ_SIZE)
-        view = memoryview(scratch)
         error = ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
         try:
             while True:
-                n = sock.recv_into(scratch)  # type: ignore[union-attr]
+                n = sock.recv_into(SCRATCH)  # type: ignore[union-attr]
                 if not n:
                     break
-                buffer += view[:n]
+                buffer += SCRATCH_VIEW[:n]
                 while buffer:
                     md = Metadata()
                     if self.codec.decode(buffer, md) is not DecodeStatus.DONE:
@@ -242,8 +259,9 @@ class MultiplexPool:
     """Up to ``size`` connections to one endpoint; each request goes to the least busy one."""
 
     def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
-                 limits: Limits, connect_timeout: float) -> None:
+                 limits: Limits, connect_timeout: float, tls: UpstreamTls | None = None) -> None:
         self.endpoint = endpoint
+        self.tls = tls
         self.codec_factory = codec_factory
         self.size = size
         self.stats = stats
@@ -264,7 +282,7 @@ class MultiplexPool:
                 self.connections = conns = [c for c in conns if not c.closed]
             if len(conns) < self.size:
                 best = MultiplexConnection(self.endpoint, self.codec_factory(), self.stats, self.limits,
-                                           self.connect_timeout)
+                                           self.connect_timeout, self.tls)
                 conns.append(best)
         assert best is not None
         return best
@@ -297,20 +315,20 @@ class ExclusivePool:
     """Idle connections to one endpoint, each lent to one request at a time."""
 
     def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
-                 limits: Limits, connect_timeout: float) -> None:
+                 limits: Limits, connect_timeout: float, tls: UpstreamTls | None = None) -> None:
         self.endpoint = endpoint
+        self.tls = tls
         self.codec_factory = codec_factory
         self.stats = stats
         self.limits = limits
         self.connect_timeout = connect_timeout
         self.max_idle = max(size, 16)
         self.idle: list[ExclusiveConnection] = []
-        self._scratch = bytearray(_READ_SIZE)
 
     def _acquire(self) -> ExclusiveConnection:
         if self.idle:
             return self.idle.pop()
-        sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits)
+        sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits, self.tls)
         return ExclusiveConnection(sock, self.codec_factory())
 
     def _discard(self, conn: ExclusiveConnection) -> None:
@@ -378,10 +396,10 @@ class ExclusivePool:
                 md = Metadata()
                 if conn.codec.decode(buffer, md) is DecodeStatus.DONE:
                     return md
-            n = conn.sock.recv_into(self._scratch)
+            n = conn.sock.recv_into(SCRATCH)
             if not n:
                 raise ConnectionResetError("upstream closed the connection")
-            buffer += memoryview(self._scratch)[:n]
+            buffer += SCRATCH_VIEW[:n]
 
     def _release(self, conn: ExclusiveConnection) -> None:
         if conn.buffer or len(self.idle) >= self.max_idle:
