@@ -1,0 +1,19 @@
+# Observability (admin, stats, access logs, tracing): docs/observability.md.
+# `make bench-observability` measures the cost of access logs and tracing against both off
+# (uses the C load generator and server built by bench.mk).
+# `make deps-observability` checks the Python packages it needs (all in setup.py install_requires).
+
+OBS_PYTHON ?= .venv/bin/python
+OBS_BENCH_ARGS ?=
+
+.PHONY: bench-observability deps-observability test-observability
+
+deps-observability:
+	@$(OBS_PYTHON) -c "import prometheus_client, opentelemetry.sdk.trace, gevent.pywsgi" 2>/dev/null \
+		|| $(OBS_PYTHON) -m pip install --quiet "prometheus-client>=0.19" "opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20"
+
+bench-observability: deps-observability deps-bench bench-tools
+	$(OBS_PYTHON) bench/observability_bench.py --build $(BENCH_BUILD) $(OBS_BENCH_ARGS)
+
+test-observability: deps-observability
+	$(OBS_PYTHON) -m pytest -q tests/observability --timeout 120
