@@ -153,18 +153,20 @@ class RequestTracer(RequestObserver):
         _PROPAGATOR.inject(ctx.mutation, context=trace.set_span_in_context(span))
         return span
 
-    def upstream_end(self, ctx: RequestContext, token: Any, error: ProxyError | None) -> None:
+    def upstream_end(self, ctx: RequestContext, token: Any, error: ProxyError | None,
+                     response: Metadata | None = None) -> None:
+        """End a try's span. ``response`` is the try's response when the router passes it."""
         if token is None:
             return
         if token.is_recording():
             if error is not None:
                 token.set_attribute("metaproxy.response_flags", error.flags)
                 token.set_status(Status(StatusCode.ERROR, error.message))
-            else:
-                # The router sets ctx.response_metadata after the last try; when it is there, record it.
-                response = ctx.response_metadata
-                if response is not None:
-                    token.set_attribute("metaproxy.response_status", response.get_str("response_status", "") or "")
+            elif response is not None:
+                status = response.get_str("response_status", "") or ""
+                token.set_attribute("metaproxy.response_status", status)
+                if status == "error":
+                    token.set_status(Status(StatusCode.ERROR, "application error"))
         token.end()
 
     def close(self) -> None:

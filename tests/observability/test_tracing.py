@@ -197,3 +197,17 @@ def test_bad_tracing_config_names_the_key(config, message):
 
 def test_exporter_none_means_no_tracer():
     assert make_tracer({"exporter": "none"}) is None
+
+
+def test_a_try_answered_with_an_application_error_is_an_error_span_when_the_router_passes_the_response():
+    obs = tracer()
+    md = Metadata(request_id=1, service="demo", method="fail")
+    ctx = RequestContext(md, "in", "tinyrpc")
+    obs.request_start(ctx)
+    token = obs.upstream_start(ctx, "c1", "127.0.0.1:9191")
+    obs.upstream_end(ctx, token, None, Metadata(response_status=ResponseStatus.ERROR))
+    obs.request_end(ctx)
+    client = [s for s in finished(obs) if s.kind is SpanKind.CLIENT][0]
+    assert client.status.status_code is StatusCode.ERROR
+    assert client.attributes["metaproxy.response_status"] == "error"
+    obs.close()

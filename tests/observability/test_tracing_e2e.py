@@ -56,3 +56,46 @@ def test_trace_context_reaches_the_upstream_under_the_proxy_client_span(tinyrpc_
     root = spans[(new_trace, "SpanKind.SERVER")]
     assert root["parent_id"] is None
     assert started["traceparent"].split("-")[2] == spans[(new_trace, "SpanKind.CLIENT")]["context"]["span_id"][2:]
+
+
+@pytest.mark.timeout(90)
+def test_under_concurrent_load_every_span_and_log_line_is_written_by_shutdown(tinyrpc_server, tmp_path):
+    import threading
+
+    from metaproxy.testing.harness import ProxyProcess
+
+    upstream = tinyrpc_server()
+    span_file, log_file = tmp_path / "spans.jsonl", tmp_path / "access.log"
+    proc = ProxyProcess({
+        "listeners": [tinyrpc_listener(ROUTES)],
+        "clusters": [{"name": "c1", "endpoints": [upstream.address]}],
+        "access_log": [{"path": str(log_file), "format": "%REQUEST_ID% %TRACE_ID%"}],
+        # A small queue and a slow schedule: the queue fills while requests run, as under real load.
+        "tracing": {"exporter": "console", "path": str(span_file), "max_queue_size": 64,
+                    "max_export_batch_size": 32, "schedule_delay": "5s"},
+    }, tmp_path / "p").start()
+    clients, per_client = 8, 60
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with TinyRpcClient(*proc.address()) as client:
+                for _ in range(per_client):
+                    assert client.call("sayHello")[0]["response_status"] == "success"
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert proc.stop() == 0  # SIGTERM: drain, then the observers flush what they hold
+    assert not failures
+    total = clients * per_client
+    spans = [json.loads(line) for line in span_file.read_text().splitlines()]
+    assert len(spans) == 2 * total
+    log_lines = log_file.read_text().splitlines()
+    assert len(log_lines) == total
+    traced = {s["context"]["trace_id"][2:] for s in spans}
+    assert {line.split(" ")[1] for line in log_lines} == traced
