@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from metaproxy.proxy import Proxy
 
     try:
-        proxy = Proxy(config, reuse_port=args.reuse_port)
+        proxy = Proxy(config)
         proxy.start()
     except (ValueError, OSError) as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, help="proxy YAML file")
     run.add_argument("--log-level", default="info")
     run.add_argument("--single", action="store_true", help="one process even if the config asks for workers")
-    run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # always on; kept for scripts
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check a config file and exit 0, or print each problem and exit 1")
     val.add_argument("-c", "--config", required=True)

@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import logging
 import signal
+from dataclasses import replace
 from typing import Any
 
 import gevent
 from gevent.event import Event
 
-from metaproxy.config import ProxyConfig
+from metaproxy.config import ListenerConfig, ProxyConfig
 from metaproxy.observer import RequestObserver
 from metaproxy.server import Listener
 from metaproxy.stats import StatsStore
-from metaproxy.upstream.cluster import ClusterManager
+from metaproxy.upstream.cluster import Cluster, ClusterManager
 
 log = logging.getLogger("metaproxy")
 
 
 class Proxy:
-    def __init__(self, config: ProxyConfig, reuse_port: bool = False) -> None:
+    def __init__(self, config: ProxyConfig, reuse_port: bool = True) -> None:
         self.config = config
         self.reuse_port = reuse_port
         self.stats = StatsStore()
@@ -35,13 +36,18 @@ class Proxy:
             self.listeners[lc.name] = Listener(lc, self.clusters, self.stats, config.base_dir, self.observers,
                                                reuse_port=reuse_port)
         self.subscriptions: dict[str, Any] = {}
+        #: Health checkers / outlier detectors by cluster name (stopped when a reload removes the cluster).
+        self.cluster_services: dict[str, Any] = {}
+        self.reloads = self.stats.counter("server", "reload")
+        self.reload_errors = self.stats.counter("server", "reload_error")
         self.admin: Any = None
         self.stopped = Event()
         self.draining = False
 
     # -- start / stop --------------------------------------------------------------
     def start(self) -> None:
-        start_cluster_services(self)
+        for cluster in self.clusters.clusters.values():
+            self._start_cluster_services(cluster)
         for listener in self.listeners.values():
             if listener.config.rds is not None:
                 self.subscriptions[listener.name] = start_rds(listener)
@@ -73,6 +79,8 @@ class Proxy:
     def shutdown(self) -> None:
         for sub in self.subscriptions.values():
             sub.stop()
+        for services in self.cluster_services.values():
+            services.stop()
         for listener in self.listeners.values():
             listener.close()
         self.clusters.close()
@@ -83,11 +91,112 @@ class Proxy:
         self.stopped.set()
 
     def serve_forever(self) -> int:
-        """Run until SIGTERM/SIGINT (drain, then exit 0)."""
+        """Run until SIGTERM/SIGINT (drain, then exit 0); SIGHUP reloads the config file."""
         gevent.signal_handler(signal.SIGTERM, self._on_term)
         gevent.signal_handler(signal.SIGINT, self._on_term)
+        gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload))
         self.stopped.wait()
         return 0
+
+    # -- reload -------------------------------------------------------------------------
+    def reload(self, path: str | None = None) -> bool:
+        """Re-read the config file and apply what changed, without dropping requests elsewhere.
+
+        Unchanged listeners and clusters are kept as they are; a listener whose
+        only change is its static routes gets the new table atomically; a
+        changed listener gets a new socket (SO_REUSEPORT, so no connection is
+        refused) and the old one drains; clusters are swapped by name and the
+        old ones closed once in-flight requests had time to finish. A file that
+        does not validate changes nothing.
+        """
+        from metaproxy.config import ConfigError, load_config
+
+        path = path or self.config.source
+        try:
+            new = load_config(path)
+            fresh_listeners = self._plan_listeners(new)
+        except (ConfigError, ValueError, OSError) as exc:
+            self.reload_errors.inc()
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("reload of %s rejected, the running config stays:\n  %s", path, "\n  ".join(problems))
+            return False
+        self._apply_clusters(new)
+        self._apply_listeners(new, fresh_listeners)
+        self.config = new
+        self.reloads.inc()
+        log.info("reloaded %s", path)
+        return True
+
+    def _plan_listeners(self, new: ProxyConfig) -> dict[str, Listener]:
+        """Build (but do not start) the listeners that are new or changed beyond their routes."""
+        fresh = {}
+        for lc in new.listeners:
+            old = self.listeners.get(lc.name)
+            if old is not None and _same_except_routes(old.config, lc):
+                continue
+            fresh[lc.name] = Listener(lc, self.clusters, self.stats, new.base_dir, self.observers)
+        return fresh
+
+    def _apply_clusters(self, new: ProxyConfig) -> None:
+        current = self.clusters.clusters
+        wanted = {c.name: c for c in new.clusters}
+        retired = []
+        for name, config in wanted.items():
+            old = current.get(name)
+            if old is not None and old.config == config:
+                continue
+            if old is not None:
+                self._stop_cluster_services(name)
+                retired.append(old)
+            current[name] = cluster = Cluster(config, self.stats)
+            self._start_cluster_services(cluster)
+        for name in [n for n in current if n not in wanted]:
+            self._stop_cluster_services(name)
+            retired.append(current.pop(name))
+        for old in retired:
+            gevent.spawn_later(self.config.drain_timeout, old.close)  # requests in flight finish first
+
+    def _apply_listeners(self, new: ProxyConfig, fresh: dict[str, Listener]) -> None:
+        wanted = {lc.name: lc for lc in new.listeners}
+        for name, lc in wanted.items():
+            old = self.listeners.get(name)
+            if name in fresh:
+                listener = fresh[name]
+                listener.start()  # SO_REUSEPORT: bound beside the old socket, nothing refused
+                self.listeners[name] = listener
+                if lc.rds is not None:
+                    self.subscriptions[name] = start_rds(listener)
+                if old is not None:
+                    self._retire_listener(old)
+            elif old is not None and lc.route_config is not None and lc.route_config != old.config.route_config:
+                old.routes.set(lc.route_config)
+                old.config = lc
+        for name in [n for n in self.listeners if n not in wanted]:
+            self._retire_listener(self.listeners.pop(name))
+
+    def _retire_listener(self, listener: Listener) -> None:
+        sub = self.subscriptions.pop(listener.name, None)
+        if sub is not None:
+            sub.stop()
+
+        def drain_then_close() -> None:
+            listener.drain(self.config.drain_timeout)
+            listener.close()
+
+        gevent.spawn(drain_then_close)
+
+    def _start_cluster_services(self, cluster: Cluster) -> None:
+        """Health checks and outlier detection, for clusters that configure them."""
+        if cluster.config.health_check is None and cluster.config.outlier_detection is None:
+            return
+        from metaproxy.upstream.health import start_for_cluster
+
+        self.cluster_services[cluster.name] = start_for_cluster(cluster)
+
+    def _stop_cluster_services(self, name: str) -> None:
+        services = self.cluster_services.pop(name, None)
+        if services is not None:
+            services.stop()
 
     def _on_term(self) -> None:
         if self.draining:
@@ -118,16 +227,8 @@ def build_observers(config: ProxyConfig, stats: StatsStore) -> list[RequestObser
     return observers
 
 
-def start_cluster_services(proxy: Proxy) -> None:
-    """Health checks and outlier detection, for clusters that configure them."""
-    wanted = [c for c in proxy.clusters.clusters.values()
-              if c.config.health_check is not None or c.config.outlier_detection is not None]
-    if not wanted:
-        return
-    from metaproxy.upstream.health import start_for_cluster
-
-    for cluster in wanted:
-        start_for_cluster(cluster)
+def _same_except_routes(old: ListenerConfig, new: ListenerConfig) -> bool:
+    return replace(old, route_config=None) == replace(new, route_config=None)
 
 
 def start_rds(listener: Listener) -> Any:

@@ -59,7 +59,7 @@ class Listener:
     """One listening socket, its codec, filter chain and route table."""
 
     def __init__(self, config: ListenerConfig, clusters: ClusterManager, stats: StatsStore, base_dir: str = ".",
-                 observers: list[RequestObserver] | None = None, reuse_port: bool = False) -> None:
+                 observers: list[RequestObserver] | None = None, reuse_port: bool = True) -> None:
         self.config = config
         self.name = config.name
         self.protocol = config.protocol.name
@@ -102,7 +102,7 @@ class Listener:
     def start(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.config.address[0] else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.reuse_port:
+        if self.reuse_port:  # workers share a port, and a reload binds beside the old socket
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(self.config.address)
         sock.listen(self.config.backlog)
