@@ -101,7 +101,7 @@ def wasi_unsupported(*_args: int) -> int:
 
 @no_memory
 def wasi_bad_fd(*_args: int) -> int:
-    """fd_* calls: there are no open files (this also ends wasi-libc's preopen scan)."""
+    """fd_* and path_* calls: there are no open files nor directories (this ends wasi-libc's preopen scan)."""
     return abi.WASI_BADF
 
 

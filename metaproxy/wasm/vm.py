@@ -140,7 +140,7 @@ class WasmVm:
             elif item.module in abi.WASI_MODULES:
                 expected = abi.WASI_FUNCTIONS.get(item.name)
                 impl = getattr(self.host, "wasi_" + item.name, None) or (
-                    wasi_bad_fd if item.name.startswith("fd_") else wasi_unsupported)
+                    wasi_bad_fd if item.name.startswith(("fd_", "path_")) else wasi_unsupported)
             else:
                 raise WasmModuleError(f"{path} imports {where}, which a Proxy-Wasm host does not provide")
             if expected is None:
@@ -167,6 +167,7 @@ class WasmVm:
             pending, self.failures.pending = self.failures.pending, None
             detail = str(pending) if pending is not None else str(exc).splitlines()[0]
             raise WasmModuleError(f"{spec.module_path}: instantiation failed: {detail}") from None
+        self.instance = instance
         exports = instance.exports(store)
         funcs: dict[str, GuestFunction] = {}
         for name, signature in abi.CALLBACKS.items():
@@ -251,8 +252,11 @@ class WasmVm:
 
     def _trapped(self, trap: WasmTrap) -> None:
         memory = self.host.memory
-        if trap.kind == "trap" and memory is not None and memory.size() > self.spec.memory_limit * 0.9:
-            trap.kind = "memory_limit"  # the module gave up after the Store refused to grow its memory
+        if trap.kind == "trap" and memory is not None and memory.size() > self.spec.memory_limit // 2:
+            # Most likely the module gave up after the Store refused to grow its memory (wasmtime does
+            # not say so: memory.grow just returns -1): name it, with the numbers.
+            trap.kind = "memory_limit"
+            trap.message += f" (linear memory {memory.size()} of {self.spec.memory_limit} bytes)"
         self.broken = f"{trap.kind}: {trap.message}"
         self.host.streams.clear()
         self.host.current = None
