@@ -33,6 +33,8 @@ from metaproxy.upstream.pool import SESSION_KEY
 
 log = logging.getLogger("metaproxy.server")
 
+#: How long a connection must have been silent before drain closes it.
+DRAIN_QUIET = 0.25
 _STREAMS = (MessageType.STREAM_INIT, MessageType.STREAM_DATA, MessageType.STREAM_CLOSE)
 
 
@@ -148,8 +150,11 @@ class Listener:
         self.stop_accepting()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            now = time.monotonic()
             for conn in list(self.connections):
-                if conn.active == 0:
+                # Quiet for a moment, not just between two requests: a request the client is
+                # sending right now must not meet a closed socket.
+                if conn.active == 0 and not conn.partial_since and now - conn.last_activity > DRAIN_QUIET:
                     conn.close()
             if not self.connections:
                 return True

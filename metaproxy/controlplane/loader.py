@@ -20,15 +20,14 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
 from metaproxy.controlplane.model import ApplicationProtocol, Documents, MetaRouter, read_documents
 from metaproxy.controlplane.translate import TranslationError, translate
-from metaproxy.router import parse_route_config
+from metaproxy.controlplane.yamlfast import load_all
 from metaproxy.settings import ConfigError
-from metaproxy.xds.convert import UnsupportedRoute, route_config_to_dict
+from metaproxy.xds.convert import UnsupportedRoute
+from metaproxy.xds.tables import RouteTableBuilder, paused_gc
 
 log = logging.getLogger("metaproxy.controlplane")
 
 _AERAKI_CODEC_PREFIX = "aeraki.meta_protocol.codec."
-#: libyaml's loader when PyYAML was built with it: ten times faster on a 10,000-route file.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -50,7 +49,7 @@ def codec_name(codec: str) -> str:
 def read_file(path: Path) -> Documents:
     """One YAML file (several documents allowed) -> its validated documents."""
     try:
-        docs = list(yaml.load_all(path.read_text(), Loader=_YAML_LOADER))
+        docs = load_all(path.read_text())
     except OSError as exc:
         return Documents(problems=[f"{path}: cannot read: {exc}"])
     except yaml.YAMLError as exc:
@@ -58,10 +57,10 @@ def read_file(path: Path) -> Documents:
     return read_documents(docs, str(path))
 
 
-def check_route_config(config: RouteConfiguration) -> list[str]:
+def check_route_config(config: RouteConfiguration, builder: RouteTableBuilder | None = None) -> list[str]:
     """Problems the proxy would NACK this configuration for (empty if it would ACK)."""
     try:
-        parse_route_config(route_config_to_dict(config), path=config.name)
+        (builder or RouteTableBuilder()).build(config)
     except UnsupportedRoute as exc:
         return [f"{config.name}: {exc}"]
     except ConfigError as exc:
@@ -77,9 +76,15 @@ class Loader:
         self.validate = validate
         self._good_docs: dict[str, Documents] = {}
         self._good_resources: dict[str, RouteConfiguration] = {}
+        self._builders: dict[str, RouteTableBuilder] = {}
         self._codecs = {ep.name for ep in entry_points(group="metaproxy.codecs")}
 
     def load(self) -> Build:
+        """Read every file; problems are in the result, never raised."""
+        with paused_gc():
+            return self._load()
+
+    def _load(self) -> Build:
         from metaproxy.controlplane.watcher import route_files
 
         build = Build()
@@ -135,7 +140,8 @@ class Loader:
                                       f"MetaRouter {other.name!r} in {other.source}; ignoring this one")
                 continue
             owners[config.name] = router
-            problems = check_route_config(config) if self.validate else []
+            builder = self._builders.setdefault(config.name, RouteTableBuilder())
+            problems = check_route_config(config, builder) if self.validate else []
             if problems:
                 build.problems.extend(f"{label}: {p}" for p in problems)
                 failed.add(config.name)
@@ -145,3 +151,6 @@ class Loader:
             if name in self._good_resources:
                 build.resources[name] = self._good_resources[name]
         self._good_resources = dict(build.resources)
+        for name in list(self._builders):
+            if name not in build.resources:
+                del self._builders[name]

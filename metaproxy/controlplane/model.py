@@ -13,6 +13,7 @@ says it (Aeraki takes it from the Kubernetes Service, which we do not have).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -298,6 +299,31 @@ def read_meta_route(sec: Section, index: int) -> MetaRoute | None:
     )
 
 
+#: Routes already read, by their document text: one edited route of 1,000 is read alone.
+_ROUTE_CACHE: dict[str, MetaRoute] = {}
+_ROUTE_CACHE_MAX = 200_000
+
+
+def _cached_route(sec: Section, index: int) -> MetaRoute | None:
+    """``read_meta_route`` with a cache of the routes that had no problems."""
+    try:
+        key = json.dumps(sec.data, sort_keys=True)
+    except (TypeError, ValueError):
+        return read_meta_route(sec, index)
+    if "name" not in sec.data:  # its default name depends on its position
+        key += f"#{index}"
+    route = _ROUTE_CACHE.get(key)
+    if route is not None:
+        return route
+    before = len(sec.problems)
+    route = read_meta_route(sec, index)
+    if route is not None and len(sec.problems) == before:
+        if len(_ROUTE_CACHE) >= _ROUTE_CACHE_MAX:
+            _ROUTE_CACHE.clear()
+        _ROUTE_CACHE[key] = route
+    return route
+
+
 def _token_bucket(sec: Section) -> TokenBucket | None:
     max_tokens = _take(sec, "max_tokens", int, None)
     per_fill = _take(sec, "tokens_per_fill", int, 1)
@@ -351,7 +377,7 @@ def read_meta_router(spec: Section, name: str, namespace: str, source: str) -> M
     routes = []
     seen: set[str] = set()
     for i, rsec in enumerate(spec.sections("routes", required=True)):
-        route = read_meta_route(rsec, i)
+        route = _cached_route(rsec, i)
         if route is None:
             continue
         if route.name in seen:

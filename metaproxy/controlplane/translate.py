@@ -110,10 +110,25 @@ def translate_route(route: MetaRoute, port: int) -> rc.Route:
     )
 
 
+#: Translated routes by (route, port); protos in it are never mutated, only copied into configs.
+_CACHE: dict[tuple[MetaRoute, int], rc.Route] = {}
+_CACHE_MAX = 200_000
+
+
+def _cached_translation(route: MetaRoute, port: int) -> rc.Route:
+    key = (route, port)
+    out = _CACHE.get(key)
+    if out is None:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        out = _CACHE[key] = translate_route(route, port)
+    return out
+
+
 def translate(router: MetaRouter) -> RouteConfiguration:
     """A MetaRouter -> its RouteConfiguration (raises TranslationError)."""
     port = service_port(router)
     host = router.hosts[0]
     vhost = rc.VirtualHost(name=f"{host}:{port}", domains=["*"],
-                           routes=[translate_route(r, port) for r in router.routes])
+                           routes=[_cached_translation(r, port) for r in router.routes])
     return RouteConfiguration(name=route_config_name(host, port), virtual_hosts=[vhost])

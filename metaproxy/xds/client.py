@@ -1,8 +1,9 @@
 """The proxy's route discovery client: one RDS subscription feeding one RouteHolder.
 
-Each RouteConfiguration received is converted to a route-config dict
-(convert.py) and parsed by the proxy's own route parser, so a dynamic route is
-validated exactly like a static one. A good one replaces the table in the
+Each RouteConfiguration received is converted to route-config dicts
+(convert.py) and parsed by the proxy's own route parser (tables.py, which
+reuses the routes that did not change), so a dynamic route is validated
+exactly like a static one. A good one replaces the table in the
 RouteHolder in one assignment (requests in flight keep the table they
 started with) and is ACKed; a bad one is NACKed with the reason and the last
 good table stays. When the stream breaks the subscription reconnects with
@@ -33,10 +34,11 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from envoy.service.route.v3 import rds_pb2_grpc
 from google.rpc.status_pb2 import Status
 
-from metaproxy.router import RouteHolder, RouteTable, parse_route_config
+from metaproxy.router import RouteHolder, RouteTable
 from metaproxy.settings import ConfigError
-from metaproxy.xds.convert import UnsupportedRoute, route_config_to_dict
+from metaproxy.xds.convert import UnsupportedRoute
 from metaproxy.xds.resources import INVALID_ARGUMENT, ROUTE_TYPE_URL, resource_version, unpack
+from metaproxy.xds.tables import RouteTableBuilder
 
 log = logging.getLogger("metaproxy.xds")
 _CHANNEL_OPTIONS = [
@@ -86,6 +88,7 @@ class RdsSubscription:
         self.table_version = ""
         self.last_error = ""
         self._resource_version = ""
+        self._builder = RouteTableBuilder()
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -241,8 +244,7 @@ class RdsSubscription:
             self.table_version = response.version_info
             return False
         try:
-            table = parse_route_config(route_config_to_dict(found), path=self.route_config_name,
-                                       version=response.version_info)
+            table = self._builder.build(found, version=response.version_info)
         except UnsupportedRoute as exc:
             raise _Rejected(str(exc)) from None
         except ConfigError as exc:
