@@ -93,7 +93,10 @@ class Listener:
         if config.route_config is not None:
             for route in config.route_config.routes:
                 for cname in route.cluster_names():
-                    if clusters.get(cname) is None:
+                    cluster = clusters.get(cname)
+                    if cluster is not None and cluster.codec_factory is None:
+                        cluster.codec_factory = services["upstream_codec_factory"]
+                    if cluster is None:
                         log.warning("listener %s: route %r names unknown cluster %r (requests to it get "
                                     "cluster_not_found)", self.name, route.name, cname)
 

@@ -39,6 +39,8 @@ class Cluster:
         self.tls = _client_tls(config)
         self.stats.membership_total.set(len(self.endpoints))
         self.stats.membership_healthy.set(len(self.endpoints))
+        #: How to make an upstream codec (set by the first listener routing here; heartbeat health checks use it).
+        self.codec_factory: Callable[[], Codec] | None = None
         #: Called with (endpoint, error or None) after every upstream try (outlier detection).
         self.on_result: Callable[[Endpoint, ProxyError | None], None] | None = None
 
@@ -70,6 +72,8 @@ class Cluster:
         key = (endpoint.address, protocol_key)
         pool = self._pools.get(key)
         if pool is None:
+            if self.codec_factory is None:
+                self.codec_factory = codec_factory
             kind = MultiplexPool if multiplexing else ExclusivePool
             pool = kind(endpoint, codec_factory, self.config.connections_per_endpoint, self.stats, self.limits,
                         self.config.connect_timeout, self.tls)
