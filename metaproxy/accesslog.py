@@ -21,6 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
+from enum import Enum
 from typing import Any
 
 import gevent
@@ -44,17 +45,36 @@ Getter = Callable[[RequestContext, float], Any]
 
 # -- fields ----------------------------------------------------------------------
 
-_second_cache: list[Any] = [-1, ""]
+class _WallClock:
+    """Monotonic -> wall time by an offset refreshed once per second, and the formatted second cached.
+
+    ``ctx.start_time`` is monotonic (immune to clock steps); logs want wall time.
+    """
+
+    __slots__ = ("offset", "refresh_at", "second", "text")
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.refresh_at = -1.0
+        self.second = -1
+        self.text = ""
+
+    def iso(self, monotonic: float, now: float) -> str:
+        if now >= self.refresh_at:
+            self.offset = time.time() - time.monotonic()
+            self.refresh_at = now + 1.0
+        wall = monotonic + self.offset
+        second = int(wall)
+        if second != self.second:
+            self.second, self.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.text}.{int((wall - second) * 1000):03d}Z"
+
+
+_CLOCK = _WallClock()
 
 
 def _start_time(ctx: RequestContext, end: float) -> str:
-    # ctx.start_time is monotonic; turn it into wall time once, at log time. The seconds part
-    # is formatted once per second, not once per request.
-    wall = time.time() - (time.monotonic() - ctx.start_time)
-    second = int(wall)
-    if second != _second_cache[0]:
-        _second_cache[0], _second_cache[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second_cache[1]}.{int((wall - second) * 1000):03d}Z"
+    return _CLOCK.iso(ctx.start_time, end)
 
 
 def _duration(ctx: RequestContext, end: float) -> int:
@@ -69,7 +89,9 @@ def response_status(ctx: RequestContext) -> str:
     if response is None:
         return ""
     status = response.get("response_status")
-    return str(status) if status is not None else ""
+    if status is None:
+        return ""
+    return status.value if isinstance(status, Enum) else str(status)
 
 
 def _md(key: str) -> Getter:
@@ -181,18 +203,24 @@ def json_renderer() -> Callable[[RequestContext, float], str]:
     def render(ctx: RequestContext, end: float) -> str:
         md = ctx.metadata
         err = ctx.error
-        trace_id = getattr(ctx.trace, "trace_id", "")
+        service, method = md.get("service"), md.get("method")
+        if type(service) is not str:
+            service = md.get_str("service")
+        if type(method) is not str:
+            method = md.get_str("method")
+        trace = ctx.trace
         return (
-            f'{{"start_time":"{_start_time(ctx, end)}","duration":{int((end - ctx.start_time) * 1000.0)},'
+            f'{{"start_time":"{_CLOCK.iso(ctx.start_time, end)}","duration":{int((end - ctx.start_time) * 1000.0)},'
             f'"request_id":{_jv(md.get("request_id"))},"protocol":{_js(ctx.protocol)},'
-            f'"listener":{_js(ctx.listener)},"service":{_js(md.get_str("service"))},'
-            f'"method":{_js(md.get_str("method"))},"route_name":{_js(ctx.route_name)},'
+            f'"listener":{_js(ctx.listener)},"service":{_js(service)},"method":{_js(method)},'
+            f'"route_name":{_js(ctx.route.name if ctx.route is not None else None)},'
             f'"upstream_cluster":{_js(ctx.cluster_name)},"upstream_host":{_js(ctx.upstream_host)},'
             f'"response_status":{_js(response_status(ctx))},"response_flags":{_js(ctx.response_flags)},'
             f'"error_message":{_js(err.message if err is not None else None)},"attempts":{ctx.attempts},'
             f'"bytes_received":{ctx.bytes_received},"bytes_sent":{ctx.bytes_sent},'
             f'"downstream_remote_address":{_js(ctx.downstream_address)},'
-            f'"downstream_peer_identity":{_js(ctx.peer_identity)},"trace_id":{_js(trace_id)}}}\n'
+            f'"downstream_peer_identity":{_js(ctx.peer_identity)},'
+            f'"trace_id":{_js(getattr(trace, "trace_id", None) if trace is not None else None)}}}\n'
         )
     return render
 
