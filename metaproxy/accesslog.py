@@ -398,3 +398,20 @@ def make_access_loggers(configs: Iterable[AccessLogConfig]) -> list[RequestObser
             logger.close()
         raise
     return loggers
+
+
+def check_access_logs(configs: Iterable[AccessLogConfig]) -> list[str]:
+    """Problems with formats and filters, without opening any file (for ``metaproxy validate``)."""
+    problems = []
+    for index, cfg in enumerate(configs):
+        where = f"access_log[{index}]"
+        if cfg.format != "json":
+            try:
+                compile_format(cfg.format)
+            except ValueError as exc:
+                problems.append(f"{where}.format: {exc}")
+        try:
+            make_filter(cfg.filter)
+        except ValueError as exc:
+            problems.append(f"{where}.filter: {exc}")
+    return problems

@@ -153,3 +153,15 @@ def test_two_logs_may_share_a_file(tmp_path):
 def test_compile_format_keeps_literals():
     parts = compile_format("[%METHOD%] 100%% done")
     assert parts[0] == "[" and parts[2] == "] 100%% done"
+
+
+def test_check_access_logs_reports_every_problem_without_opening_files(tmp_path):
+    from metaproxy.accesslog import check_access_logs
+
+    target = tmp_path / "never.log"
+    problems = check_access_logs([AccessLogConfig(path=str(target), format="%X%"),
+                                  AccessLogConfig(path=str(target), filter={"status": "maybe"}),
+                                  AccessLogConfig(path=str(target))])
+    assert problems == ["access_log[0].format: unknown field %X%",
+                        "access_log[1].filter: status: expected 'error' or 'success', got 'maybe'"]
+    assert not target.exists()
