@@ -83,43 +83,51 @@ class Scenario(ABC):
         return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
 
 
-class TinyRpcScenario(Scenario):
-    """The tutorial codec: C closed-loop load generator against a C echo server."""
+class RpcScenario(Scenario):
+    """A protocol spoken by the C tools (bench/rpc_load.c, bench/rpc_server.c, facts in bench/rpcproto.h)."""
 
-    name = "tinyrpc"
-    description = "tinyrpc request (16-byte body) -> response (8-byte body)"
+    protocol = ""  # the -P name of the C tools
 
     @property
     def load_tool(self) -> Path:
-        return self.build / "tinyrpc_load"
+        return self.build / "rpc_load"
 
     @property
     def server_tool(self) -> Path:
-        return self.build / "tinyrpc_server"
+        return self.build / "rpc_server"
 
     def required_tools(self) -> list[Path]:
         return [self.load_tool, self.server_tool]
 
     def start_server(self) -> Service:
-        return start_with_ready_line("tinyrpc_server", [str(self.server_tool), "-p", "0"],
-                                     self.workdir / "tinyrpc_server.log")
-
-    def listener_protocol(self) -> dict[str, Any]:
-        return {"codec": "tinyrpc"}
+        return start_with_ready_line(f"rpc_server -P {self.protocol}",
+                                     [str(self.server_tool), "-P", self.protocol, "-p", "0"],
+                                     self.workdir / "rpc_server.log")
 
     def run_load(self, port: int, spec: LoadSpec) -> LoadResult:
-        cmd = [str(self.load_tool), "-p", str(port), "-c", str(spec.connections), "-d", str(spec.depth),
-               "-t", str(spec.seconds), "-w", str(spec.warmup), "-j"]
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=spec.seconds + spec.warmup + 30)
+        cmd = [str(self.load_tool), "-P", self.protocol, "-p", str(port), "-c", str(spec.connections),
+               "-d", str(spec.depth), "-t", str(spec.seconds), "-w", str(spec.warmup), "-j"]
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True,
+                              timeout=spec.seconds + spec.warmup + 30)
         try:
             data = json.loads(done.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
-            raise RuntimeError(f"tinyrpc_load failed ({done.returncode}): {done.stderr.strip()}") from None
+            raise RuntimeError(f"rpc_load failed ({done.returncode}): {done.stderr.strip()}") from None
         if done.returncode != 0:
-            raise RuntimeError(f"tinyrpc_load reported failures: {data} {done.stderr.strip()}")
+            raise RuntimeError(f"rpc_load reported failures: {data} {done.stderr.strip()}")
         return LoadResult(rps=data["rps"], p50_us=data["p50_us"], p99_us=data["p99_us"],
                           requests=data["requests"], total_requests=data["total_requests"],
                           errors=data["errors"], seconds=data["seconds"])
+
+
+class TinyRpcScenario(RpcScenario):
+    """The tutorial codec: request with a 16-byte body, response with an 8-byte body."""
+
+    name = protocol = "tinyrpc"
+    description = "tinyrpc request (16-byte body) -> response (8-byte body)"
+
+    def listener_protocol(self) -> dict[str, Any]:
+        return {"codec": "tinyrpc"}
 
     def open_idle(self, port: int, count: int) -> list[socket.socket]:
         socks = []
@@ -134,6 +142,26 @@ class TinyRpcScenario(Scenario):
                 sock.close()
             raise
         return socks
+
+
+class ThriftScenario(RpcScenario):
+    """Thrift ``void ping()``, framed transport, binary protocol (issue 3)."""
+
+    name = protocol = "thrift"
+    description = "Thrift ping(), framed + binary"
+
+    def listener_protocol(self) -> dict[str, Any]:
+        return {"codec": "thrift", "options": {"transport": "framed", "protocol": "binary"}}
+
+
+class DubboScenario(RpcScenario):
+    """A Dubbo2 call with one 16-character String argument, answered with an 8-character String (issue 4)."""
+
+    name = protocol = "dubbo"
+    description = "Dubbo2/Hessian2 ping(String) -> String"
+
+    def listener_protocol(self) -> dict[str, Any]:
+        return {"codec": "dubbo"}
 
 
 def tinyrpc_request(request_id: int, service: str = "bench", method: str = "ping", body: bytes = b"") -> bytes:
@@ -158,4 +186,4 @@ def _recv_frame(sock: socket.socket) -> bytes:
     return _recv_exact(sock, length)
 
 
-SCENARIOS: dict[str, type[Scenario]] = {TinyRpcScenario.name: TinyRpcScenario}
+SCENARIOS: dict[str, type[Scenario]] = {s.name: s for s in (TinyRpcScenario, ThriftScenario, DubboScenario)}

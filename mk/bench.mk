@@ -1,4 +1,4 @@
-# Benchmarks: `make bench` builds the C load generator and upstream server into
+# Benchmarks: `make bench` builds the C load generator and upstream server (tinyrpc, Thrift, Dubbo) into
 # build/bench/ and runs bench/run.py (direct vs HAProxy vs metaproxy, one run).
 # `make bench-profile` runs one metaproxy measurement under a profiler.
 # `make deps-bench` installs what the benchmarks need, only when it is missing.
@@ -9,11 +9,11 @@ BENCH_CC ?= gcc
 BENCH_CFLAGS ?= -O2 -Wall -Wextra -std=c11
 BENCH_ARGS ?=
 
-BENCH_BINARIES := $(BENCH_BUILD)/tinyrpc_load $(BENCH_BUILD)/tinyrpc_server
+BENCH_BINARIES := $(BENCH_BUILD)/rpc_load $(BENCH_BUILD)/rpc_server
 
 .PHONY: bench bench-tools bench-profile deps-bench
 
-$(BENCH_BUILD)/%: bench/%.c
+$(BENCH_BUILD)/%: bench/%.c bench/rpcproto.h
 	@mkdir -p $(BENCH_BUILD)
 	$(BENCH_CC) $(BENCH_CFLAGS) -o $@ $< -lm
 

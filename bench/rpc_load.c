@@ -1,5 +1,5 @@
 /*
- * tinyrpc_load: a closed-loop load generator for the tinyrpc protocol.
+ * rpc_load: a closed-loop load generator for RPC protocols (tinyrpc, Thrift, Dubbo).
  *
  * One thread drives many non-blocking connections through one epoll set.
  * Each connection keeps `depth` requests in flight (1 = no pipelining): when
@@ -13,9 +13,12 @@
  * brought its response, into a log-linear histogram (~1.5% precision), so
  * memory stays fixed however long the run.
  *
- * Usage: tinyrpc_load -p port [-H host] [-c conns] [-d depth] [-t seconds]
- *                     [-n requests] [-w warmup_seconds] [-b body_bytes]
- *                     [-s service] [-m method] [-j]
+ * The protocol facts (framing, where the id lives, a request's shape,
+ * what a success looks like) are in rpcproto.h.
+ *
+ * Usage: rpc_load -p port [-P tinyrpc|thrift|dubbo] [-H host] [-c conns] [-d depth]
+ *                 [-t seconds] [-n requests] [-w warmup_seconds] [-b body_bytes]
+ *                 [-s service] [-m method] [-j]
  * -t: measure for this long after the warm-up (default 3; with -n, a limit).
  * -n: stop after this many measured requests instead.
  * -j: print one JSON object instead of the human summary.
@@ -38,19 +41,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_FRAME (4u << 20)
+#include "rpcproto.h"
+
 #define READ_CHUNK 65536
 #define SUB_BITS 6
 #define SUB (1 << SUB_BITS)
 #define HIST_SIZE (SUB * 64)
 #define MAX_DEPTH 256
-
-enum { T_REQUEST = 1, T_RESPONSE = 3 };
-
-typedef struct {
-    unsigned char *data;
-    size_t len, cap;
-} buf_t;
 
 typedef struct {
     int fd, idx, connected, want_out, dead;
@@ -61,6 +58,7 @@ typedef struct {
 
 /* Run-wide state: options, the request template and the counters. */
 static struct {
+    const proto_t *proto;
     const char *host, *service, *method;
     int port, conns, depth, json;
     double seconds, warmup;
@@ -82,23 +80,6 @@ static uint64_t now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
-
-static void buf_reserve(buf_t *b, size_t extra) {
-    if (b->len + extra <= b->cap) return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra) cap *= 2;
-    b->data = realloc(b->data, cap);
-    if (!b->data) { perror("realloc"); exit(1); }
-    b->cap = cap;
-}
-
-static uint32_t rd32(const unsigned char *p) {
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-static uint64_t rd64(const unsigned char *p) { return ((uint64_t)rd32(p) << 32) | rd32(p + 4); }
-static void wr32(unsigned char *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
-static void wr16(unsigned char *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
-static void wr64(unsigned char *p, uint64_t v) { wr32(p, (uint32_t)(v >> 32)); wr32(p + 4, (uint32_t)v); }
 
 /* --- latency histogram: values < 64 ns exact, then 64 sub-buckets per power of two --- */
 static int hist_index(uint64_t v) {
@@ -130,22 +111,19 @@ static double percentile_us(double p) {
 
 /* --- requests --- */
 static void build_template(void) {
-    size_t sl = strlen(g.service), ml = strlen(g.method);
-    g.tmpl_len = 16 + 2 + sl + 2 + ml + 2 + g.body;
-    g.tmpl = calloc(1, g.tmpl_len);
-    unsigned char *p = g.tmpl;
-    wr32(p, (uint32_t)(g.tmpl_len - 4));
-    p[4] = 1;
-    p[5] = T_REQUEST;
-    p += 16;
-    wr16(p, (uint16_t)sl); memcpy(p + 2, g.service, sl); p += 2 + sl;
-    wr16(p, (uint16_t)ml); memcpy(p + 2, g.method, ml); p += 2 + ml;
-    wr16(p, 0); p += 2;
-    memset(p, 'q', g.body);
+    buf_t t = {0};
+    g.proto->build_request(&t, g.service, g.method, g.body);
+    g.tmpl = t.data;
+    g.tmpl_len = t.len;
 }
 
+/* Request ids: connection, then a generation counter, then the in-flight slot (low 8 bits). */
+static int gen_bits(void) { return g.proto->id_bits == 64 ? 24 : 8; }
+static int conn_shift(void) { return g.proto->id_bits == 64 ? 32 : 16; }
+
 static uint64_t make_id(conn_t *c, int slot) {
-    return ((uint64_t)c->idx << 32) | ((uint64_t)(c->gen[slot] & 0xFFFFFF) << 8) | (uint64_t)slot;
+    uint32_t gen = c->gen[slot] & ((1u << gen_bits()) - 1);
+    return ((uint64_t)c->idx << conn_shift()) | ((uint64_t)gen << 8) | (uint64_t)slot;
 }
 
 static int may_issue(void) {
@@ -159,7 +137,7 @@ static void queue_request(conn_t *c, int slot, uint64_t t) {
     unsigned char *p = c->out.data + c->out.len;
     memcpy(p, g.tmpl, g.tmpl_len);
     c->gen[slot]++;
-    wr64(p + 8, make_id(c, slot));
+    g.proto->set_id(p, make_id(c, slot));
     c->out.len += g.tmpl_len;
     c->sent_at[slot] = t;
     if (g.measuring) g.measured_issued++;
@@ -175,7 +153,7 @@ static void set_events(conn_t *c, int want_out) {
 static void kill_conn(conn_t *c, const char *why) {
     if (c->dead) return;
     if (g.sending) {
-        fprintf(stderr, "tinyrpc_load: connection %d lost: %s\n", c->idx, why);
+        fprintf(stderr, "rpc_load: connection %d lost: %s\n", c->idx, why);
         g.lost_conns++;
     }
     c->dead = 1;
@@ -199,18 +177,18 @@ static void flush_out(conn_t *c) {
 }
 
 static void on_response(conn_t *c, const unsigned char *f, uint32_t total, uint64_t t) {
-    uint64_t id = total >= 16 ? rd64(f + 8) : ~0ull;
+    uint64_t id = g.proto->get_id(f, total);
     int slot = (int)(id & 0xFF);
-    uint32_t gen = (uint32_t)((id >> 8) & 0xFFFFFF);
-    if ((id >> 32) != (uint64_t)c->idx || slot >= g.depth || c->sent_at[slot] == 0 ||
-        (c->gen[slot] & 0xFFFFFF) != gen) {
+    uint32_t mask = (1u << gen_bits()) - 1, gen = (uint32_t)((id >> 8) & mask);
+    if ((id >> conn_shift()) != (uint64_t)c->idx || slot >= g.depth || c->sent_at[slot] == 0 ||
+        (c->gen[slot] & mask) != gen) {
         g.errors++;
         return; /* unknown id: nothing to re-issue */
     }
     uint64_t lat = t - c->sent_at[slot];
     c->sent_at[slot] = 0;
     g.total++;
-    if (f[4] != 1 || f[5] != T_RESPONSE || f[6] != 0) {
+    if (!g.proto->response_ok(f, total)) {
         g.errors++;
     } else if (g.measuring) {
         g.ok++;
@@ -236,12 +214,12 @@ static void on_readable(conn_t *c) {
         uint64_t t = now_ns();
         c->in.len += (size_t)n;
         size_t pos = 0;
-        while (c->in.len - pos >= 4) {
-            uint32_t len = rd32(c->in.data + pos);
-            if (len > MAX_FRAME) { kill_conn(c, "oversized frame"); return; }
-            if (c->in.len - pos < (size_t)len + 4) break;
-            on_response(c, c->in.data + pos, len + 4, t);
-            pos += len + 4;
+        for (;;) {
+            long size = g.proto->frame_size(c->in.data + pos, c->in.len - pos);
+            if (size < 0) { kill_conn(c, "bad or oversized frame"); return; }
+            if (size == 0 || c->in.len - pos < (size_t)size) break;
+            on_response(c, c->in.data + pos, (uint32_t)size, t);
+            pos += (size_t)size;
         }
         memmove(c->in.data, c->in.data + pos, c->in.len - pos);
         c->in.len -= pos;
@@ -255,7 +233,7 @@ static void on_connected(conn_t *c) {
     socklen_t len = sizeof err;
     getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
     if (err) {
-        fprintf(stderr, "tinyrpc_load: connect to %s:%d: %s\n", g.host, g.port, strerror(err));
+        fprintf(stderr, "rpc_load: connect to %s:%d: %s\n", g.host, g.port, strerror(err));
         exit(1);
     }
     c->connected = 1;
@@ -271,7 +249,7 @@ static conn_t *open_conn(int idx, struct sockaddr_in *addr) {
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(c->fd, (struct sockaddr *)addr, sizeof *addr) < 0 && errno != EINPROGRESS) {
-        fprintf(stderr, "tinyrpc_load: connect to %s:%d: %s\n", g.host, g.port, strerror(errno));
+        fprintf(stderr, "rpc_load: connect to %s:%d: %s\n", g.host, g.port, strerror(errno));
         exit(1);
     }
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
@@ -285,17 +263,17 @@ static void report(void) {
     double rps = secs > 0 ? (double)g.ok / secs : 0;
     double mean = g.ok ? g.lat_sum_ns / (double)g.ok / 1000.0 : 0;
     if (g.json) {
-        printf("{\"connections\": %d, \"depth\": %d, \"seconds\": %.3f, \"requests\": %llu, "
+        printf("{\"protocol\": \"%s\", \"connections\": %d, \"depth\": %d, \"seconds\": %.3f, \"requests\": %llu, "
                "\"total_requests\": %llu, \"errors\": %llu, \"lost_connections\": %llu, \"rps\": %.1f, "
                "\"mean_us\": %.1f, \"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, "
                "\"p999_us\": %.1f, \"max_us\": %.1f}\n",
-               g.conns, g.depth, secs, (unsigned long long)g.ok, (unsigned long long)g.total,
+               g.proto->name, g.conns, g.depth, secs, (unsigned long long)g.ok, (unsigned long long)g.total,
                (unsigned long long)g.errors, (unsigned long long)g.lost_conns, rps, mean,
                percentile_us(0.50), percentile_us(0.90), percentile_us(0.99), percentile_us(0.999),
                (double)g.lat_max_ns / 1000.0);
     } else {
-        printf("%d connections, depth %d, %.2f s: %llu requests, %llu errors, %llu lost connections\n",
-               g.conns, g.depth, secs, (unsigned long long)g.ok, (unsigned long long)g.errors,
+        printf("%s: %d connections, depth %d, %.2f s: %llu requests, %llu errors, %llu lost connections\n",
+               g.proto->name, g.conns, g.depth, secs, (unsigned long long)g.ok, (unsigned long long)g.errors,
                (unsigned long long)g.lost_conns);
         printf("%.0f req/s   latency us: mean %.1f  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f\n",
                rps, mean, percentile_us(0.50), percentile_us(0.90), percentile_us(0.99),
@@ -313,17 +291,20 @@ static int in_flight(conn_t **cs) {
 }
 
 static void usage(const char *argv0) {
-    fprintf(stderr, "usage: %s -p port [-H host] [-c conns] [-d depth] [-t seconds] [-n requests] "
-                    "[-w warmup_seconds] [-b body_bytes] [-s service] [-m method] [-j]\n", argv0);
+    fprintf(stderr, "usage: %s -p port [-P tinyrpc|thrift|dubbo] [-H host] [-c conns] [-d depth] "
+                    "[-t seconds] [-n requests] [-w warmup_seconds] [-b body_bytes] [-s service] "
+                    "[-m method] [-j]\n", argv0);
     exit(2);
 }
 
 int main(int argc, char **argv) {
-    g.host = "127.0.0.1"; g.service = "bench"; g.method = "ping";
+    g.host = "127.0.0.1"; g.method = "ping";
+    g.proto = find_proto("tinyrpc");
     g.conns = 1; g.depth = 1; g.seconds = 3; g.body = 16;
     int opt, have_t = 0;
-    while ((opt = getopt(argc, argv, "H:p:c:d:t:n:w:b:s:m:j")) != -1) {
+    while ((opt = getopt(argc, argv, "P:H:p:c:d:t:n:w:b:s:m:j")) != -1) {
         switch (opt) {
+        case 'P': g.proto = find_proto(optarg); break;
         case 'H': g.host = optarg; break;
         case 'p': g.port = atoi(optarg); break;
         case 'c': g.conns = atoi(optarg); break;
@@ -339,6 +320,8 @@ int main(int argc, char **argv) {
         }
     }
     if (g.port <= 0 || g.conns <= 0 || g.depth <= 0 || g.depth > MAX_DEPTH || g.seconds <= 0) usage(argv[0]);
+    if (g.proto->id_bits == 32 && g.conns > 65535) usage(argv[0]);
+    if (!g.service) g.service = g.proto->default_service;
     if (g.limit && !have_t) g.seconds = 600;
     signal(SIGPIPE, SIG_IGN);
     build_template();
