@@ -15,6 +15,7 @@ ticker, since threads do not survive fork).
 
 from __future__ import annotations
 
+import _thread
 import os
 import threading
 import time
@@ -31,15 +32,22 @@ _lock = threading.Lock()
 
 
 def _original_threading() -> tuple[Any, Any]:
-    """(Thread class, sleep function) that are real OS ones even under gevent monkey-patching."""
+    """(start_new_thread, sleep) that are real OS ones even under gevent monkey-patching.
+
+    The low-level ``_thread.start_new_thread`` is used, not ``threading.Thread``:
+    the original Thread class still waits for its start on patched primitives,
+    which blocks the hub before it runs.
+    """
+    start, sleep = _thread.start_new_thread, time.sleep
     try:
         from gevent import monkey
     except ImportError:  # pragma: no cover - gevent is a dependency
-        return threading.Thread, time.sleep
-    thread = monkey.get_original("threading", "Thread") if monkey.is_module_patched("threading") \
-        else threading.Thread
-    sleep = monkey.get_original("time", "sleep") if monkey.is_module_patched("time") else time.sleep
-    return thread, sleep
+        return start, sleep
+    if monkey.is_module_patched("_thread") or monkey.is_module_patched("threading"):
+        start = monkey.get_original("_thread", "start_new_thread")
+    if monkey.is_module_patched("time"):
+        sleep = monkey.get_original("time", "sleep")
+    return start, sleep
 
 
 def _tick_forever(engine: wasmtime.Engine, sleep: Any) -> None:
@@ -61,10 +69,8 @@ def get_engine(fuel: bool) -> wasmtime.Engine:
             config.epoch_interruption = True
             config.consume_fuel = fuel
             engine = wasmtime.Engine(config)
-            thread_class, sleep = _original_threading()
-            ticker = thread_class(target=_tick_forever, args=(engine, sleep), name="wasm-epoch-ticker",
-                                  daemon=True)
-            ticker.start()
+            start_thread, sleep = _original_threading()
+            start_thread(_tick_forever, (engine, sleep))
             _engines[key] = engine
     return engine
 
