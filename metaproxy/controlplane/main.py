@@ -26,8 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:15010", help="gRPC address (default %(default)s)")
     p.add_argument("--admin", default="127.0.0.1:15011",
                    help="HTTP address for /healthz, /acks, /config; 'off' disables (default %(default)s)")
-    p.add_argument("--debounce", default="50ms", help="quiet time after a file change before reloading")
-    p.add_argument("--poll", default="20ms", help="how often the files are checked for changes")
+    p.add_argument("--debounce", default="30ms",
+                   help="quiet time after a file change before reloading (default %(default)s)")
+    p.add_argument("--poll", default="20ms", help="how often the files are checked for changes (default %(default)s)")
     p.add_argument("--no-watch", action="store_true", help="load once; do not watch the files")
     p.add_argument("--no-validate", action="store_true",
                    help="serve translations even if a metaproxy would reject them (to exercise NACKs)")

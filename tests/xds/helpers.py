@@ -111,12 +111,14 @@ class ControlPlaneProcess:
     """``metaproxy control-plane`` as a subprocess on given ports; ready when /healthz answers."""
 
     def __init__(self, routes_dir: Path, log_path: Path, port: int, admin_port: int,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, timing: tuple[str, str] | None = ("10ms", "20ms")) -> None:
+        """``timing`` is (poll, debounce); None keeps the command's defaults."""
         self.routes_dir = routes_dir
         self.log_path = log_path
         self.port = port
         self.admin_port = admin_port
         self.extra = extra or []
+        self.timing = timing
         self.proc: Any = None
 
     def start(self, timeout: float = 15.0) -> ControlPlaneProcess:
@@ -127,7 +129,7 @@ class ControlPlaneProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "metaproxy.cli", "control-plane", "--config-dir", str(self.routes_dir),
              "--listen", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}",
-             "--poll", "10ms", "--debounce", "20ms", *self.extra],
+             *(["--poll", self.timing[0], "--debounce", self.timing[1]] if self.timing else []), *self.extra],
             stdout=self._log, stderr=subprocess.STDOUT)
         wait_until(lambda: self.proc.poll() is not None or self.get("/healthz"), timeout, 0.02)
         if self.proc.poll() is not None:
