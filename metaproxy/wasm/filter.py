@@ -142,6 +142,7 @@ class WasmFilter(Filter):
         self._rebuild_times: collections.deque[float] = collections.deque()
         self._tick_ms = 0
         self._ticker: Any = None
+        self._closed = False
         self._sync_tick()
 
     # -- the VM of this process ----------------------------------------------------------------------
@@ -226,6 +227,8 @@ class WasmFilter(Filter):
                 self._ticker = None
                 return
             gevent.sleep(period / 1000.0)
+            if self._closed:
+                return
             vm = self._vm
             if vm.broken is not None or vm.pid != os.getpid():
                 continue
@@ -235,6 +238,7 @@ class WasmFilter(Filter):
                 self._failed(vm, trap, None)
 
     def close(self) -> None:
+        self._closed = True
         if self._ticker is not None:
             self._ticker.kill(block=False)
             self._ticker = None
