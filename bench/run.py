@@ -32,10 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from catalog import SCENARIOS
 from procs import Service, cpu_times, machine_busy_seconds, rss_kib
 from profiling import cprofile_launcher, pyspy_path, start_pyspy, summarize_cprofile, summarize_pyspy
 from report import IdleMemory, Row, memory_table, ratios_table, results_table
-from scenarios import SCENARIOS, LoadSpec, Scenario
+from scenarios import LoadSpec, Scenario
 from targets import TARGETS, MetaProxy, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,12 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build", type=Path, default=ROOT / "build" / "bench", help="where the C tools are built")
-    p.add_argument("--scenarios", default="tinyrpc", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
+    p.add_argument("--scenarios", default="all", help=f"'all' or comma-separated, of: {', '.join(SCENARIOS)}")
     p.add_argument("--targets", default="direct,haproxy,metaproxy", help=f"of: {', '.join(TARGETS)}")
     p.add_argument("--connections", default="1,50", help="comma-separated connection counts")
     p.add_argument("--depth", type=int, default=1, help="requests in flight per connection (pipelining)")
-    p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per measurement")
-    p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each measurement")
+    p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per measurement")
+    p.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds before each measurement")
     p.add_argument("--idle", type=int, default=1000,
                    help="idle connections opened to each proxy to measure memory per connection (0: skip)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
@@ -61,6 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _scenario_names(text: str) -> list[str]:
+    names = list(SCENARIOS) if text == "all" else _csv(text)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    return names
 
 
 def _version(cmd: list[str]) -> str:
@@ -116,7 +125,7 @@ def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[L
     rows = []
     memory = None
     try:
-        for spec in specs:
+        for spec in (scenario.effective_spec(s) for s in specs):
             port = upstream.port if proxy is None else proxy.port
             before = None if proxy is None else cpu_times(proxy.pid)
             ours_before = _our_cpu(proxy, upstream)
@@ -150,7 +159,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Row], list[IdleMemory]
     specs = [LoadSpec(int(c), args.seconds, args.warmup, args.depth) for c in _csv(args.connections)]
     rows: list[Row] = []
     memory: list[IdleMemory] = []
-    for name in _csv(args.scenarios):
+    for name in _scenario_names(args.scenarios):
         workdir = args.build / "run" / name
         workdir.mkdir(parents=True, exist_ok=True)
         scenario = SCENARIOS[name](args.build, workdir)
@@ -170,7 +179,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Row], list[IdleMemory]
 def run_profile(args: argparse.Namespace) -> str:
     """One metaproxy measurement under a profiler; returns the summary to print."""
     use_pyspy = args.profiler == "py-spy" or (args.profiler == "auto" and pyspy_path() is not None)
-    name = _csv(args.scenarios)[0]
+    name = _scenario_names("tinyrpc" if args.scenarios == "all" else args.scenarios)[0]
     workdir = args.build / "run" / f"{name}-profile"
     workdir.mkdir(parents=True, exist_ok=True)
     scenario = SCENARIOS[name](args.build, workdir)

@@ -3,8 +3,8 @@
 The runner (bench/run.py) knows nothing about any protocol. A scenario says
 how to start an upstream server for its protocol, how to configure a
 metaproxy listener for it, and how to drive load at an address and read
-back a :class:`LoadResult`. Adding Thrift ping, a Dubbo call or
-redis-benchmark later is one more subclass registered in ``SCENARIOS``.
+back a :class:`LoadResult`. A new protocol is one more subclass, listed in
+catalog.py.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ class Scenario(ABC):
         for tool in self.required_tools():
             if not tool.exists():
                 raise RuntimeError(f"{tool} is missing: run `make bench-tools` (or `make bench`)")
+
+    def effective_spec(self, spec: LoadSpec) -> LoadSpec:
+        """The load this scenario really runs for ``spec`` (a scenario may fix its own pipelining depth)."""
+        return spec
 
     @abstractmethod
     def start_server(self) -> Service:
@@ -185,5 +189,3 @@ def _recv_frame(sock: socket.socket) -> bytes:
     (length,) = struct.unpack(">I", _recv_exact(sock, 4))
     return _recv_exact(sock, length)
 
-
-SCENARIOS: dict[str, type[Scenario]] = {s.name: s for s in (TinyRpcScenario, ThriftScenario, DubboScenario)}
