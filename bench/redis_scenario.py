@@ -46,10 +46,11 @@ class RedisScenario(Scenario):
     def listener_protocol(self) -> dict[str, Any]:
         return {"codec": "redis"}
 
-    def _benchmark(self, port: int, connections: int, depth: int, requests: int) -> dict[str, float]:
+    def _benchmark(self, port: int, connections: int, depth: int, requests: int,
+                   timeout: float) -> dict[str, float]:
         cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(connections), "-P", str(depth),
                "-n", str(requests), "-t", self.command, "--csv"]
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
         rows = list(csv.DictReader(io.StringIO(done.stdout)))
         if done.returncode != 0 or not rows:
             raise RuntimeError(f"redis-benchmark failed ({done.returncode}): {done.stderr.strip()} {done.stdout}")
@@ -59,9 +60,9 @@ class RedisScenario(Scenario):
         _ping(port)
         depth = spec.depth
         probe_n = max(2000, spec.connections * depth * 20)
-        probe = self._benchmark(port, spec.connections, depth, probe_n)
+        probe = self._benchmark(port, spec.connections, depth, probe_n, timeout=30)
         n = max(probe_n, int(probe["rps"] * spec.seconds))
-        main = self._benchmark(port, spec.connections, depth, n)
+        main = self._benchmark(port, spec.connections, depth, n, timeout=spec.seconds * 5 + 30)
         return LoadResult(rps=main["rps"], p50_us=main["p50_latency_ms"] * 1000, p99_us=main["p99_latency_ms"] * 1000,
                           requests=n, total_requests=n + probe_n, errors=0, seconds=n / main["rps"])
 

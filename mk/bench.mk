@@ -1,6 +1,6 @@
 # Benchmarks: `make bench` builds the C load generator and upstream server (tinyrpc, Thrift, Dubbo) into
 # build/bench/ and runs bench/run.py (direct vs HAProxy vs metaproxy, one run).
-# `make bench-profile` runs one metaproxy measurement under a profiler.
+# `make bench-profile` runs one metaproxy measurement under a profiler; `make bench-smoke` a very short run.
 # `make deps-bench` installs what the benchmarks need, only when it is missing.
 
 BENCH_BUILD ?= build/bench
@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 BENCH_BINARIES := $(BENCH_BUILD)/rpc_load $(BENCH_BUILD)/rpc_server
 
-.PHONY: bench bench-tools bench-profile deps-bench
+.PHONY: bench bench-tools bench-profile bench-smoke deps-bench
 
 $(BENCH_BUILD)/%: bench/%.c bench/rpcproto.h
 	@mkdir -p $(BENCH_BUILD)
@@ -25,9 +25,15 @@ bench: venv deps-bench bench-tools
 bench-profile: venv deps-bench bench-tools
 	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) --profile $(BENCH_ARGS)
 
+# Every scenario through every path for a fraction of a second: proves the harness works (~30 s).
+bench-smoke: venv deps-bench bench-tools
+	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) --seconds 0.3 --warmup 0.1 --idle 20
+
 # apt only when a tool is missing, so a second run is instant and offline.
 deps-bench:
 	@command -v haproxy >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+	@command -v redis-benchmark >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools; }
 	@command -v $(BENCH_CC) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev; }
 	@test -x $(BENCH_PYTHON) || { echo "deps-bench: $(BENCH_PYTHON) missing (make the virtualenv first)"; exit 1; }
 	@test -x $(dir $(BENCH_PYTHON))py-spy \
