@@ -1,0 +1,6 @@
+"""atheris target: the redis codec (tests/fuzz/target.py says what is checked)."""
+
+from tests.fuzz.atheris_targets.common import main
+
+if __name__ == "__main__":
+    main("redis")
