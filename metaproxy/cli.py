@@ -44,6 +44,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from metaproxy.server import Listener
 
     problems = []
+    if config.access_log:
+        from metaproxy.accesslog import check_access_logs
+
+        problems += [f"{config.source}: {p}" for p in check_access_logs(config.access_log)]
+    if config.tracing:
+        from metaproxy.tracing import read_tracing_config
+
+        try:
+            read_tracing_config(config.tracing)
+        except ValueError as exc:
+            problems.append(f"{config.source}: tracing: {exc}")
     clusters = ClusterManager(config.clusters, StatsStore())
     for lc in config.listeners:
         try:

@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from metaproxy.chain import RequestContext
-from metaproxy.message import ProxyError
+from metaproxy.message import Metadata, ProxyError
 
 
 class RequestObserver:
+    """Base class: override the hooks you need; the server skips the ones left as they are."""
+
     def request_start(self, ctx: RequestContext) -> None:
         pass
 
@@ -23,7 +25,8 @@ class RequestObserver:
         """Return a token handed back to ``upstream_end`` (e.g. a span)."""
         return None
 
-    def upstream_end(self, ctx: RequestContext, token: Any, error: ProxyError | None) -> None:
+    def upstream_end(self, ctx: RequestContext, token: Any, error: ProxyError | None,
+                     response: Metadata | None = None) -> None:
         pass
 
     def request_end(self, ctx: RequestContext) -> None:
@@ -31,3 +34,9 @@ class RequestObserver:
 
     def close(self) -> None:
         pass
+
+
+def overriding(observers: list[RequestObserver], hook: str) -> list[RequestObserver]:
+    """The observers whose ``hook`` does something (the hot path calls only those)."""
+    base = getattr(RequestObserver, hook)
+    return [obs for obs in observers if getattr(type(obs), hook, base) is not base]

@@ -43,6 +43,7 @@ class Proxy:
         self.admin: Any = None
         self.stopped = Event()
         self.draining = False
+        self.terminating = False
 
     # -- start / stop --------------------------------------------------------------
     def start(self) -> None:
@@ -199,8 +200,9 @@ class Proxy:
             services.stop()
 
     def _on_term(self) -> None:
-        if self.draining:
+        if self.terminating:  # not `draining`: after POST /drain, SIGTERM must still exit
             return
+        self.terminating = True
         log.info("draining (up to %.1fs)", self.config.drain_timeout)
         gevent.spawn(self._drain_and_stop)
 

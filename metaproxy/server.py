@@ -25,7 +25,7 @@ from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction
 from metaproxy.config import ListenerConfig
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
 from metaproxy.netio import SCRATCH, SCRATCH_VIEW, send_all
-from metaproxy.observer import RequestObserver
+from metaproxy.observer import RequestObserver, overriding
 from metaproxy.router import RouteHolder
 from metaproxy.stats import ListenerStats, StatsStore
 from metaproxy.upstream.cluster import ClusterManager
@@ -70,6 +70,8 @@ class Listener:
         self.stats = ListenerStats(stats, config.name)
         self.clusters = clusters
         self.observers = list(observers or [])
+        self.start_observers = overriding(self.observers, "request_start")
+        self.end_observers = overriding(self.observers, "request_end")
         self.routes = RouteHolder(config.route_config)
         self.reuse_port = reuse_port
         self.connections: set[DownstreamConnection] = set()
@@ -345,8 +347,7 @@ class DownstreamConnection:
         session = self.leases is not None and md.get("session") is True
         if session:  # the client changes its session: later upstream connections replay it
             self._end_leases()
-        observers = listener.observers
-        for obs in observers:
+        for obs in listener.start_observers:
             obs.request_start(ctx)
         out = bytearray()
         try:
@@ -405,7 +406,7 @@ class DownstreamConnection:
             except OSError as exc:
                 log.debug("write to %s failed: %s", self.peer, exc)
                 self.close()
-        for obs in observers:
+        for obs in listener.end_observers:
             obs.request_end(ctx)
 
     def send(self, data: bytes | bytearray) -> None:

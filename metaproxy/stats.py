@@ -155,6 +155,7 @@ class ListenerStats:
             self.local_response_error[kind] = c(scope, f"local_response_error.{kind.value}")
         self._max_methods = max_methods
         self._methods: dict[str, tuple[Counter, Histogram]] = {}
+        self._routes: dict[str, Counter] = {}
 
     def method(self, name: str) -> tuple[Counter, Histogram]:
         """Request counter and latency histogram of one method; bounded cardinality (others -> ``_other``)."""
@@ -170,7 +171,10 @@ class ListenerStats:
         return found
 
     def route_request(self, route: str) -> Counter:
-        return self.store.counter(f"{self.scope}.route.{route}", "request")
+        counter = self._routes.get(route)
+        if counter is None:
+            counter = self._routes[route] = self.store.counter(f"{self.scope}.route.{route}", "request")
+        return counter
 
 
 class ClusterStats:

@@ -67,6 +67,8 @@ class RouterFilter(Filter):
             raise ProxyError(ErrorType.ROUTE_NOT_FOUND,
                              f"no route for service {md.get('service', '')!r} method {md.get('method', '')!r}", "NR")
         ctx.route = route
+        if self.listener_stats is not None:
+            self.listener_stats.route_request(route.name).inc()
         if route.request_mutation:
             for key, value in route.request_mutation:
                 ctx.mutation[key] = value
@@ -149,6 +151,7 @@ class RouterFilter(Filter):
         endpoint.active_requests += 1
         started = time.monotonic()
         error: ProxyError | None = None
+        response = None
         try:
             response = pool.request(ctx.metadata, ctx.mutation, timeout, oneway, leases)
             if response is not None and response.get("response_status") is ResponseStatus.ERROR:
@@ -166,7 +169,7 @@ class RouterFilter(Filter):
             if cluster.on_result is not None:
                 cluster.on_result(endpoint, error)
             for obs, token in zip(self.observers, tokens):
-                obs.upstream_end(ctx, token, error)
+                obs.upstream_end(ctx, token, error, response)
 
     @staticmethod
     def _retryable(reason: str | None, policy: Any, ctx: RequestContext, oneway: bool, cluster: Cluster,
