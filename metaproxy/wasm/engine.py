@@ -1,8 +1,8 @@
 """One wasmtime Engine per process (and per fuel setting), with its epoch ticker.
 
-Epoch interruption bounds every guest call by wall time: the store's deadline
-is "N ticks from now", and a ticker advances the engine's epoch every
-``TICK_SECONDS``. The ticker must be a real OS thread: the guest runs inside a
+Epoch interruption bounds every guest call by CPU time: the store's deadline
+is "N ticks from now", and a ticker advances the engine's epoch once per
+``TICK_SECONDS`` of process CPU time. The ticker must be a real OS thread: the guest runs inside a
 ctypes call that holds the process's only gevent hub, so a greenlet (or a
 gevent-patched ``threading.Timer``) would never get to tick while a module
 loops. Under ``gevent.monkey.patch_all`` the original ``threading.Thread`` and
@@ -51,9 +51,24 @@ def _original_threading() -> tuple[Any, Any]:
 
 
 def _tick_forever(engine: wasmtime.Engine, sleep: Any) -> None:
+    """Advance the epoch by the process's CPU time, one tick per TICK_SECONDS of it.
+
+    CPU time, not wall time: a worker that the OS does not run (an overloaded
+    machine, a CPU quota throttling the container) must not see its callbacks
+    interrupted for time they did not use; a module spinning in a loop burns CPU
+    and is stopped on schedule. Other threads' CPU only makes the bound stricter.
+    """
+    cpu = time.process_time
+    last = cpu()
+    carry = 0.0
     while True:
         sleep(TICK_SECONDS)
-        increment_epoch(engine)
+        now = cpu()
+        carry += now - last
+        last = now
+        while carry >= TICK_SECONDS:
+            increment_epoch(engine)
+            carry -= TICK_SECONDS
 
 
 def get_engine(fuel: bool) -> wasmtime.Engine:

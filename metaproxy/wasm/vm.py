@@ -3,8 +3,8 @@
 :class:`WasmVm` owns a wasmtime Store with one instance of the module and the
 :class:`~metaproxy.wasm.host.AbiHost` serving it. It is built once per worker
 process and reused by every request (instantiating per request would cost
-milliseconds). Every top-level guest call is bounded: an epoch deadline (wall
-time) and, when configured, fuel; the Store caps linear memory.
+milliseconds). Every top-level guest call is bounded: an epoch deadline (CPU
+time, see engine.py) and, when configured, fuel; the Store caps linear memory.
 
 A trap leaves the guest's state half-updated (an SDK's context map, its
 allocator), so after any trap the VM is marked broken and :meth:`WasmVm.rebuild`
@@ -37,12 +37,12 @@ from metaproxy.wasm.engine import get_engine, ticks_for
 from metaproxy.wasm.host import AbiHost, Identity, Stream, unimplemented, wasi_bad_fd, wasi_unsupported
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.native import (
+    DeadlineSetter,
     GuestFunction,
     GuestMemory,
     HostFailures,
     WasmTrap,
     define_host_function,
-    set_epoch_deadline,
     set_fuel,
     signature_of,
     store_context,
@@ -160,6 +160,7 @@ class WasmVm:
         self.store = store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=spec.memory_limit)
         self.ctx = ctx = store_context(store)
+        self._deadline = DeadlineSetter(ctx)
         self._arm(spec.start_timeout)
         try:
             instance = self.linker.instantiate(store, self.module)
@@ -239,13 +240,13 @@ class WasmVm:
         stopped after at most ``1.25 * timeout`` plus one epoch tick.
         """
         if seconds is not None:
-            set_epoch_deadline(self.ctx, ticks_for(seconds))
+            self._deadline(ticks_for(seconds))
             self._armed_until = 0.0
         else:
             now = monotonic()
             if now >= self._armed_until:
                 timeout = self.spec.timeout
-                set_epoch_deadline(self.ctx, ticks_for(timeout * 1.25))
+                self._deadline(ticks_for(timeout * 1.25))
                 self._armed_until = now + timeout * 0.25
         if self.spec.fuel:
             set_fuel(self.ctx, self.spec.fuel)
