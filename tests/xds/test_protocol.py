@@ -8,6 +8,7 @@ removed_resources, initial_resource_versions. Also ADS and FetchRoutes.
 from __future__ import annotations
 
 import json
+import logging
 import urllib.request
 
 import pytest
@@ -81,12 +82,15 @@ def test_a_change_to_an_unrequested_resource_is_not_sent(control_plane, routes_d
     stream.expect_nothing()
 
 
-def test_nack_is_logged_the_stream_kept_and_the_version_not_resent(control_plane, routes_dir, stream):
+def test_nack_is_logged_the_stream_kept_and_the_version_not_resent(control_plane, routes_dir, stream, caplog):
     stream.request([NAME])
     first = stream.next()
-    stream.request([NAME], version="", nonce=first.nonce, error="route 'split': cluster not known")
-    stream.expect_nothing()
-    rec = wait_until(lambda: [s for s in _acks(control_plane)["streams"] if s["nacks"]])[0]
+    with caplog.at_level(logging.WARNING, logger="metaproxy.controlplane.xds"):
+        stream.request([NAME], version="", nonce=first.nonce, error="route 'split': cluster not known")
+        stream.expect_nothing()
+        rec = wait_until(lambda: [s for s in _acks(control_plane)["streams"] if s["nacks"]])[0]
+    assert any("NACK from test-node" in r.getMessage() and "cluster not known" in r.getMessage()
+               for r in caplog.records)
     assert rec["last_nack"]["reason"] == "route 'split': cluster not known"
     assert rec["last_nack"]["version"] == first.version_info
     # Still the same stream: a later change arrives on it and can be ACKed.
