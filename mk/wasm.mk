@@ -50,3 +50,14 @@ deps-wasm-c:
 
 deps-wasm-as:
 	@$(_wasm_install_as)
+
+# `make test-wasm` runs the WASM filter tests (unit and end to end; no toolchain needed).
+# `make bench-wasm` prints the CPU per request the C and AssemblyScript samples add, against no filter.
+WASM_PYTHON ?= .venv/bin/python
+.PHONY: test-wasm bench-wasm
+
+test-wasm:
+	$(WASM_PYTHON) -m pytest -q tests/wasm --timeout 120
+
+bench-wasm:
+	$(WASM_PYTHON) bench/wasm_bench.py
