@@ -151,6 +151,8 @@ class WasmFilter(Filter):
         vm = self._vm
         if vm.pid != os.getpid():  # forked worker: never share an instance (or an engine) across processes
             self._vm = vm = WasmVm(self.spec, self.metrics, log)
+        if vm.finished_elsewhere and vm.broken is None:
+            vm.finish_pending()  # before this request: if that traps, this request still gets a fresh VM
         if vm.broken is None:
             return vm
         now = time.monotonic()

@@ -270,6 +270,8 @@ class WasmVm:
         """
         if self.finished_elsewhere:
             self.finish_pending()
+            if self.broken:
+                raise WasmTrap("trap", f"the instance broke finishing an earlier request: {self.broken}")
         host = self.host
         self._next_stream_id += 1
         stream = Stream(self._next_stream_id, rctx, self.generation)

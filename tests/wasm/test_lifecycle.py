@@ -131,3 +131,23 @@ def test_wasi_imports_link_under_both_names_and_proc_exit_fails_the_request(wat_
     assert exports["open_rc"].value(f._vm.store) == abi.WASI_BADF     # no filesystem at all
     reply = f.on_request(request())
     assert reply is not None and "exit" in reply.message
+
+
+FINISH_TRAPS = """
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+  (func (export "proxy_on_done") (param $id i32) (result i32)
+    (if (i32.eq (local.get $id) (i32.const 2)) (then unreachable))
+    (i32.const 1))
+"""
+
+
+def test_a_trap_while_finishing_a_dropped_request_does_not_fail_the_next_one(wat_module, caplog):
+    f = make_filter(wat_module(FINISH_TRAPS))
+    ctx = request()                  # context 2: its proxy_on_done traps
+    assert f.on_request(ctx) is None
+    del ctx                          # dropped without a response: finished on the next entry
+    with caplog.at_level("ERROR", logger="metaproxy.wasm"):
+        assert f.on_request(request()) is None  # runs on a rebuilt instance
+    assert "trapped finishing a request" in caplog.text
+    assert f._vm.generation == 1
