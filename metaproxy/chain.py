@@ -12,8 +12,9 @@ belongs in ``ctx.scratch``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 from metaproxy.codec import _load
 from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError
@@ -47,10 +48,10 @@ class Filter:
         self.options = options
         self.env = env
 
-    def on_request(self, ctx: "RequestContext") -> ProxyError | None:
+    def on_request(self, ctx: RequestContext) -> ProxyError | None:
         return None
 
-    def on_response(self, ctx: "RequestContext") -> None:
+    def on_response(self, ctx: RequestContext) -> None:
         return None
 
     def close(self) -> None:

@@ -39,9 +39,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 1
     # Filters validate their own options when built: build them, then let go.
+    from metaproxy.server import Listener
     from metaproxy.stats import StatsStore
     from metaproxy.upstream.cluster import ClusterManager
-    from metaproxy.server import Listener
 
     problems = []
     if config.access_log:

@@ -13,10 +13,11 @@ write the request id found in the metadata (patch it into the original frame).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from metaproxy.message import ErrorType, MessageType, Metadata, Mutation, ProxyError
 

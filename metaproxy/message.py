@@ -12,8 +12,9 @@ string through :meth:`Metadata.get_str`, so the three languages agree.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import Enum
-from typing import Any, Iterator
+from typing import Any
 
 
 class MessageType(str, Enum):
@@ -59,7 +60,7 @@ class ErrorType(str, Enum):
         return self.value
 
     @classmethod
-    def parse(cls, name: str) -> "ErrorType":
+    def parse(cls, name: str) -> ErrorType:
         """Accept the value in any case (``over_limit``, ``OVER_LIMIT``); unknown -> ValueError."""
         try:
             return cls(name.lower())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import ssl
 
-
 #: One receive buffer for the whole process. Safe under gevent: between
 #: ``recv_into`` returning and the caller copying the bytes out there is no
 #: switch, and it saves 64 KiB per connection (10,000 idle connections).

@@ -12,8 +12,9 @@ from __future__ import annotations
 import bisect
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from metaproxy.message import Metadata, as_str
 from metaproxy.settings import ConfigError, Section

@@ -10,7 +10,8 @@ prints them all.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 _MISSING: Any = object()
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
@@ -128,7 +129,7 @@ class Section:
             return None if default is _MISSING else default
         return value
 
-    def section(self, key: str, required: bool = False) -> "Section | None":
+    def section(self, key: str, required: bool = False) -> Section | None:
         self._seen.add(key)
         if key not in self.data or self.data[key] is None:
             if required:
@@ -136,7 +137,7 @@ class Section:
             return None
         return Section(self.data[key], self.key_path(key), self.problems, self.prefix)
 
-    def sections(self, key: str, required: bool = False) -> Iterator["Section"]:
+    def sections(self, key: str, required: bool = False) -> Iterator[Section]:
         """Each mapping in the list under ``key``, with paths like ``key[2]``."""
         self._seen.add(key)
         value = self.data.get(key)

@@ -10,7 +10,7 @@ one thread), no string formatting, no dict lookups by name. Exposition
 from __future__ import annotations
 
 import bisect
-from typing import Iterator
+from collections.abc import Iterator
 
 #: Latency bucket bounds in milliseconds (Envoy's default histogram buckets).
 DEFAULT_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)

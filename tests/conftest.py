@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+from metaproxy_codecs.tinyrpc.sample import TinyRpcServer
 
 from metaproxy.testing.harness import ProxyProcess
-from metaproxy_codecs.tinyrpc.sample import TinyRpcServer
 
 
 @pytest.fixture

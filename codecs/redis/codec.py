@@ -12,7 +12,7 @@ dropped.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction, take
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus

@@ -22,7 +22,8 @@ docs/writing-a-codec.md walks through this file.
 from __future__ import annotations
 
 import struct
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from metaproxy.codec import Codec, CodecError, DecodeStatus, take
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus

@@ -24,9 +24,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
+
 from metaproxy.codec import DecodeStatus, Direction
 from metaproxy.message import MessageType, Metadata, ResponseStatus
-from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
 
 
 def encode_message(md: Metadata, body: bytes = b"") -> bytes:
@@ -49,7 +50,7 @@ class Received:
 
 
 class _Handler(socketserver.BaseRequestHandler):
-    server: "TinyRpcServer"
+    server: TinyRpcServer
 
     def handle(self) -> None:
         srv = self.server
@@ -138,7 +139,7 @@ class TinyRpcServer(socketserver.ThreadingTCPServer):
     def address(self) -> str:
         return f"{self.server_address[0]}:{self.server_address[1]}"
 
-    def start(self) -> "TinyRpcServer":
+    def start(self) -> TinyRpcServer:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
@@ -199,7 +200,7 @@ class TinyRpcClient:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "TinyRpcClient":
+    def __enter__(self) -> TinyRpcClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

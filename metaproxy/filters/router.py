@@ -168,7 +168,7 @@ class RouterFilter(Filter):
             stats.upstream_rq_time_ms.observe((time.monotonic() - started) * 1000.0)
             if cluster.on_result is not None:
                 cluster.on_result(endpoint, error)
-            for obs, token in zip(self.observers, tokens):
+            for obs, token in zip(self.observers, tokens, strict=True):
                 obs.upstream_end(ctx, token, error, response)
 
     @staticmethod

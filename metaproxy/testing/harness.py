@@ -87,7 +87,7 @@ class ProxyProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
-    def start(self, timeout: float = 20.0) -> "ProxyProcess":
+    def start(self, timeout: float = 20.0) -> ProxyProcess:
         self.write_config()
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -132,7 +132,7 @@ class ProxyProcess:
         self._log.close()
         return self.proc.returncode
 
-    def __enter__(self) -> "ProxyProcess":
+    def __enter__(self) -> ProxyProcess:
         return self.start() if self.proc is None else self
 
     def __exit__(self, *exc: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from metaproxy.codec import Codec
 from metaproxy.config import ClusterConfig

@@ -10,7 +10,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from metaproxy.upstream.endpoint import Endpoint
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from typing import Callable
+from collections.abc import Callable
 
 import gevent
 from gevent.event import AsyncResult
@@ -83,7 +83,7 @@ def _open_socket(endpoint: Endpoint, timeout: float, stats: ClusterStats, limits
         raise ProxyError(ErrorType.OVER_LIMIT, "upstream connection limit reached", OVERFLOW)
     try:
         sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
-    except socket.timeout as exc:
+    except TimeoutError as exc:
         stats.upstream_cx_connect_fail.inc()
         stats.upstream_cx_connect_timeout.inc()
         raise _connect_error(endpoint, exc) from None

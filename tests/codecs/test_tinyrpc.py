@@ -1,8 +1,9 @@
 """tinyrpc passes the conformance kit, and its header mutations behave."""
 
-from metaproxy.message import Metadata, MessageType
-from metaproxy.testing.conformance import CodecConformance
 from metaproxy_codecs.tinyrpc import TinyRpcCodec
+
+from metaproxy.message import MessageType, Metadata
+from metaproxy.testing.conformance import CodecConformance
 
 
 def _frame(**fields) -> bytes:

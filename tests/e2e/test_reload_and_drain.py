@@ -8,9 +8,9 @@ import time
 
 import pytest
 import yaml
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.testing.harness import free_port, wait_for_port
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ class Load:
         except Exception as exc:  # collected and asserted on
             self.failures.append(repr(exc))
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
         return self

@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 
-from metaproxy.message import Metadata, MessageType
 from metaproxy_codecs.tinyrpc.sample import encode_message
+
+from metaproxy.message import MessageType, Metadata
 
 
 def metaproxy(*args: str, stdin: bytes | None = None, cwd=None, env=None) -> subprocess.CompletedProcess:
@@ -49,7 +50,8 @@ def test_decode_json_hex_input_and_first_error_with_offset():
 
 
 def test_decode_response_direction_and_redis():
-    result = metaproxy("decode", "--codec", "redis", "--direction", "response", "-", stdin=b"+OK\r\n$3\r\nabc\r\n-ERR no\r\n")
+    replies = b"+OK\r\n$3\r\nabc\r\n-ERR no\r\n"
+    result = metaproxy("decode", "--codec", "redis", "--direction", "response", "-", stdin=replies)
     out = result.stdout.decode()
     assert result.returncode == 0
     assert out.count("response_status") == 3 and "error" in out

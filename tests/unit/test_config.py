@@ -89,7 +89,8 @@ def test_validate_reports_a_filter_option_problem(tmp_path):
 def test_typed_values():
     cfg = parse_config({
         "listeners": [{"name": "in", "address": "127.0.0.1:9090", "protocol": {"codec": "tinyrpc"},
-                       "idle_timeout": "250ms", "route_config": {"name": "r", "routes": [{"route": {"cluster": "c"}}]}}],
+                       "idle_timeout": "250ms",
+                       "route_config": {"name": "r", "routes": [{"route": {"cluster": "c"}}]}}],
         "clusters": [{"name": "c", "endpoints": ["127.0.0.1:1", {"address": "127.0.0.1:2", "weight": 3}],
                       "connect_timeout": "2s"}],
     })

@@ -39,12 +39,14 @@ def test_present_invert_and_suffix():
 
 
 def test_typed_values_match_as_strings():
-    t = table([{"name": "id", "match": {"metadata": [{"name": "request_id", "exact": "7"}]}, "route": {"cluster": "a"}}])
+    t = table([{"name": "id", "match": {"metadata": [{"name": "request_id", "exact": "7"}]},
+                "route": {"cluster": "a"}}])
     assert t.match(Metadata(request_id=7)).name == "id"
 
 
 def test_weighted_pick_follows_weights():
-    route = table([{"route": {"weighted_clusters": [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}]}}]).routes[0]
+    split = [{"name": "a", "weight": 1}, {"name": "b", "weight": 3}]
+    route = table([{"route": {"weighted_clusters": split}}]).routes[0]
     assert route.pick_cluster(lambda: 0.0) == "a"
     assert route.pick_cluster(lambda: 0.2) == "a"
     assert route.pick_cluster(lambda: 0.3) == "b"
