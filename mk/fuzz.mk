@@ -21,12 +21,12 @@ deps-fuzz:
 fuzz: deps-fuzz
 	@status=0; for c in $(FUZZ_CODECS); do \
 		mkdir -p build/fuzz/$$c; \
-		echo "== fuzz $$c for $(FUZZ_SECONDS)s"; \
+		echo "== fuzz $$c for $(FUZZ_SECONDS)s (log: build/fuzz/$$c.log)"; \
 		$(FUZZ_PYTHON) -m tests.fuzz.atheris_targets.fuzz_$$c -max_total_time=$(FUZZ_SECONDS) \
 			-rss_limit_mb=2048 -timeout=10 -artifact_prefix=build/fuzz/$$c/ -print_final_stats=1 \
-			build/fuzz/$$c tests/fuzz/corpus/$$c 2>&1 | grep -v "^INFO: Instrumenting\|custom loader" \
-			| tail -n 25; \
-		test $${PIPESTATUS[0]} -eq 0 || status=1; \
+			build/fuzz/$$c tests/fuzz/corpus/$$c > build/fuzz/$$c.log 2>&1; rc=$$?; \
+		grep -E "^Done|^stat::|crash-|Error|Exception" build/fuzz/$$c.log | tail -n 12; \
+		test $$rc -eq 0 || { echo "!! $$c: fuzzer exited $$rc (crash input under build/fuzz/$$c/)"; status=1; }; \
 	done; exit $$status
 
 test-reliability: deps-fuzz
