@@ -50,6 +50,18 @@ from metaproxy.wasm.native import (
 
 ROOT_CONTEXT_ID = 1
 
+#: proxy_log in WebAssembly: messages below the log level return at once, without leaving wasm.
+#: SDKs log at debug level on every context they create; through ctypes each such call cost ~1.5 µs.
+_LOG_SHIM_WAT = """
+(module
+  (import "metaproxy_host" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (global $threshold (export "threshold") (mut i32) (i32.const 2))
+  (func (export "proxy_log") (param i32 i32 i32) (result i32)
+    (if (result i32) (i32.lt_u (local.get 0) (global.get $threshold))
+      (then (i32.const 0))
+      (else (call $log (local.get 0) (local.get 1) (local.get 2))))))
+"""
+
 
 @dataclass(frozen=True)
 class VmSpec:
@@ -114,7 +126,11 @@ class WasmVm:
         self.host = AbiHost(self.identity, spec.plugin_config, spec.vm_config, metrics, logger)
         self.failures = HostFailures()
         self.linker = wasmtime.Linker(self.engine)
+        self.linker.allow_shadowing = True  # store-bound definitions (the log shim) are replaced on rebuild
         self._keep: list[Any] = []
+        self._log_shim: wasmtime.Module | None = None
+        self._log_threshold: Any = None
+        self._log_threshold_value = -1
         self._link()
         self.generation = 0
         self.broken: str | None = None
@@ -151,7 +167,11 @@ class WasmVm:
             elif got != expected:
                 raise WasmModuleError(f"{path} imports {where} with type {got}, the ABI says {expected}")
             before = None if getattr(impl, "no_memory", False) else self.host.sync_memory
-            self._keep.append(define_host_function(self.linker, item.module, item.name, expected, impl,
+            module_name = item.module
+            if item.module == "env" and item.name == "proxy_log" and expected == abi.ENV_FUNCTIONS["proxy_log"]:
+                module_name = "metaproxy_host"  # reached through the shim, defined per store in _start
+                self._log_shim = wasmtime.Module(self.engine, wasmtime.wat2wasm(_LOG_SHIM_WAT))
+            self._keep.append(define_host_function(self.linker, module_name, item.name, expected, impl,
                                                    self.failures, before))
 
     def _start(self) -> None:
@@ -163,6 +183,11 @@ class WasmVm:
         self._deadline = DeadlineSetter(ctx)
         self._arm(spec.start_timeout)
         try:
+            if self._log_shim is not None:
+                shim = self.linker.instantiate(store, self._log_shim).exports(store)
+                self.linker.define(store, "env", "proxy_log", shim["proxy_log"])
+                self._log_threshold, self._log_threshold_value = shim["threshold"], -1
+                self._sync_log_threshold()
             instance = self.linker.instantiate(store, self.module)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             pending, self.failures.pending = self.failures.pending, None
@@ -248,8 +273,17 @@ class WasmVm:
                 timeout = self.spec.timeout
                 self._deadline(ticks_for(timeout * 1.25))
                 self._armed_until = now + timeout * 0.25
+                if self._log_threshold is not None:
+                    self._sync_log_threshold()
         if self.spec.fuel:
             set_fuel(self.ctx, self.spec.fuel)
+
+    def _sync_log_threshold(self) -> None:
+        """Tell the log shim the current level (the logger's level may change at run time)."""
+        value = self.host.log_threshold()
+        if value != self._log_threshold_value:
+            self._log_threshold.set_value(self.store, value)
+            self._log_threshold_value = value
 
     def _trapped(self, trap: WasmTrap) -> None:
         memory = self.host.memory

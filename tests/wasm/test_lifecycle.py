@@ -151,3 +151,34 @@ def test_a_trap_while_finishing_a_dropped_request_does_not_fail_the_next_one(wat
         assert f.on_request(request()) is None  # runs on a rebuilt instance
     assert "trapped finishing a request" in caplog.text
     assert f._vm.generation == 1
+
+
+LOG_IMPORTS = '(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))'
+LOGGER = """
+  (global $rc (export "rc") (mut i32) (i32.const -1))
+  (data (i32.const 300) "debug line")
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (drop (call $log (i32.const 1) (i32.const 300) (i32.const 10)))
+    (global.set $rc (call $log (i32.const 9) (i32.const 300) (i32.const 10)))
+    (i32.const 0))
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) unreachable)
+"""
+
+
+def test_proxy_log_below_the_level_stays_in_wasm_and_survives_rebuilds(wat_module, caplog):
+    path = wat_module(LOGGER, imports=LOG_IMPORTS)
+    with caplog.at_level("INFO", logger="metaproxy.wasm"):
+        quiet = make_filter(path)
+        quiet.on_request(request())
+    assert "debug line" not in caplog.text
+    with caplog.at_level("DEBUG", logger="metaproxy.wasm"):
+        chatty = make_filter(path)
+        ctx = request()
+        chatty.on_request(ctx)
+        assert "wasm[m0] debug line" in caplog.text
+        chatty.on_response(respond(ctx))  # traps: the next request runs on a rebuilt instance
+        caplog.clear()
+        chatty.on_request(request())
+        assert "wasm[m0] debug line" in caplog.text and chatty._vm.generation == 1
+    vm = chatty._vm
+    assert vm.instance.exports(vm.store)["rc"].value(vm.store) == abi.BAD_ARGUMENT  # level 9 reaches the host

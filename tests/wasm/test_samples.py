@@ -58,11 +58,11 @@ def test_deny_status_403_is_permission_denied():
 
 
 def test_dump_headers_sees_every_metadata_pair_as_strings_with_mutations_applied(caplog):
-    f = make_filter(sample("dump_headers"), config={"key": "x-dump", "log": 1})
     ctx = request("sayHello", request_id=42, **{"x-user": "alice", "x-n": 3, "x-flag": True})
     ctx.mutation["x-user"] = "bob"      # an earlier filter's write is what later filters read
     ctx.mutation["x-added"] = "yes"
-    with caplog.at_level(logging.INFO, logger="metaproxy.wasm"):
+    with caplog.at_level(logging.INFO, logger="metaproxy.wasm"):  # the level is read when the VM starts
+        f = make_filter(sample("dump_headers"), config={"key": "x-dump", "log": 1})
         f.on_request(ctx)
     lines = ctx.mutation["x-dump"].splitlines()
     assert lines == ["request_id=42", "message_type=request", "service=demo", "method=sayHello",
