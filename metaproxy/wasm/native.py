@@ -167,7 +167,7 @@ class GuestFunction:
     """
 
     __slots__ = ("name", "_ctx", "_func", "_keep", "_args", "_args_addr", "_n", "_params", "_results",
-                 "_nparams", "_trap", "_trap_ref", "_failures", "_call_args")
+                 "_nparams", "_trap", "_trap_ref", "_failures", "_call_args", "_view")
 
     def __init__(self, ctx: int, func: wasmtime.Func, signature: str, failures: HostFailures, name: str) -> None:
         params, results = split_signature(signature)
@@ -178,6 +178,9 @@ class GuestFunction:
         self._n = max(len(params), len(results), 1)
         self._args = (ffi.wasmtime_val_raw_t * self._n)()
         self._args_addr = ctypes.addressof(self._args)
+        # struct packs into a plain memoryview much faster than into the ctypes array itself
+        # (a ctypes buffer export builds its format string every time).
+        self._view = memoryview(self._args).cast("B")
         self._nparams = len(params)
         self._params = _struct_for(params) if params else None
         self._results = _struct_for(results[:1]) if results else None
@@ -189,15 +192,14 @@ class GuestFunction:
 
     def __call__(self, *params: int) -> int | None:
         if self._params is not None:
-            self._params.pack_into(self._args, 0, *params)
-        trap = self._trap
-        trap.value = None
+            self._params.pack_into(self._view, 0, *params)
         error = _call_raw(*self._call_args)
-        if error or trap.value:
+        if error or self._trap.value:
+            trap, self._trap.value = self._trap.value, None  # wasmtime writes it only on a trap: reset here
             pending, self._failures.pending = self._failures.pending, None
-            raise _trap_from(error, trap.value, pending)
+            raise _trap_from(error, trap, pending)
         if self._results is not None:
-            return self._results.unpack_from(self._args)[0]
+            return self._results.unpack_from(self._view)[0]
         return None
 
 
