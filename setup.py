@@ -35,6 +35,7 @@ setup(
             "thriftpy2>=0.4.17",
             "dubbo-ssl-python>=0.9",
             "redis>=5",
+            "cryptography>=41",
             "ruff>=0.4",
         ],
     },
