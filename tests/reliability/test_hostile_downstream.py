@@ -60,6 +60,7 @@ def test_a_frame_declaring_2_gib_is_refused_at_once(proxy, upstream) -> None:
     with socket.create_connection(p.address()) as bad:
         bad.sendall(struct.pack(">I", 2**31) + request_frame()[4:])
         elapsed = closed_by_peer(bad, 5)
+    print(f"2 GiB frame: closed after {elapsed}s")
     assert elapsed is not None and elapsed < 2, "the size is known from the header: no need to wait for bytes"
     wait_stat(p, L + "request_decoding_error")
     assert rss_kib(p.proc.pid) - before < 8 * 1024
@@ -86,6 +87,7 @@ def test_slowloris_is_closed_by_request_read_timeout(proxy, upstream) -> None:
         except (BrokenPipeError, ConnectionResetError):
             pass
         elapsed = time.monotonic() - start
+    print(f"slowloris: closed after {elapsed:.2f}s, {sent} of {len(frame)} bytes sent")
     assert sent < len(frame), "the slow client was allowed to finish its request"
     assert 1.0 <= elapsed < 4.0, f"closed after {elapsed:.1f}s with request_read_timeout 1s"
     wait_stat(p, L + "cx_read_timeout")
@@ -97,6 +99,7 @@ def test_a_silent_client_is_closed_by_idle_timeout(proxy, upstream) -> None:
         with TinyRpcClient(*p.address()) as honest:
             honest.call("ping")
             elapsed = closed_by_peer(silent, 5)
+    print(f"idle: closed after {elapsed}s")
     assert elapsed is not None and 0.8 <= elapsed < 3.5, elapsed
     wait_stat(p, L + "cx_idle_timeout")
     served(p)
