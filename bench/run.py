@@ -222,13 +222,15 @@ def _wait_for(path: Path, timeout: float = 10.0) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.build = args.build.resolve()
-    print(machine_summary(), flush=True)
+    machine = machine_summary()
+    print(machine, flush=True)
     if args.profile:
         print(run_profile(args))
         return 0
     started = time.monotonic()
     rows, memory = run_benchmark(args)
-    print(f"\ncommand: {' '.join([Path(sys.executable).name, 'bench/run.py', *(argv or sys.argv[1:])])}")
+    command = " ".join([Path(sys.executable).name, "bench/run.py", *(argv or sys.argv[1:])])
+    print(f"\ncommand: {command}")
     print(f"each measurement: {args.warmup}s warm-up + {args.seconds}s measured, "
           f"{args.depth} request(s) in flight per connection; whole run {time.monotonic() - started:.0f}s\n")
     print(results_table(rows))
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(memory_table(memory))
     if args.json:
-        data = {"rows": [r.as_dict() for r in rows], "idle_memory": [asdict(m) for m in memory]}
+        data = {"machine": machine, "command": command, "seconds": args.seconds, "warmup": args.warmup,
+                "rows": [r.as_dict() for r in rows], "idle_memory": [asdict(m) for m in memory]}
         args.json.write_text(json.dumps(data, indent=2))
     return 0
 
