@@ -7,10 +7,11 @@ time to. The direct target is the baseline: no proxy, no CPU to charge.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from procs import Service, start_haproxy, start_metaproxy
+from procs import Service, free_port, start_haproxy, start_listening, start_metaproxy
 from scenarios import Scenario
 
 
@@ -51,4 +52,16 @@ class MetaProxy(Target):
         return start_metaproxy(workdir, scenario.listener_protocol(), upstream.port, self.launcher)
 
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (Direct, HAProxy, MetaProxy)}
+class GeventRelay(Target):
+    """bench/gevent_relay.py: the cost of gevent and the kernel alone, the floor for any gevent proxy."""
+
+    name = "gevent-relay"
+
+    def start(self, scenario: Scenario, upstream: Service, workdir: Path) -> Service | None:
+        port = free_port()
+        script = Path(__file__).resolve().parent / "gevent_relay.py"
+        return start_listening(self.name, [sys.executable, str(script), str(port), str(upstream.port)], port,
+                               workdir / "gevent_relay.log")
+
+
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (Direct, HAProxy, MetaProxy, GeventRelay)}
