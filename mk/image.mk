@@ -8,7 +8,7 @@ IMAGE_APT_PACKAGES := buildah podman debootstrap umoci skopeo runc
 IMAGE_PYTHON ?= $(if $(PY),$(PY),.venv/bin/python)
 IMAGE_OUT ?= build/image
 
-.PHONY: deps-image image image-test
+.PHONY: deps-image image image-test image-clean
 
 deps-image:
 	@missing=""; for p in $(IMAGE_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -23,3 +23,9 @@ image: deps-image venv
 
 image-test: deps-image
 	$(IMAGE_PYTHON) -m pytest -q tests/deploy/test_image.py --timeout 900 -p no:cacheprovider
+
+# vfs storage keeps a full copy per layer: after many rebuilds, reclaim the space (the next build is cold).
+image-clean:
+	-buildah --storage-driver vfs rmi --prune
+	-podman --storage-driver vfs rmi --force localhost/metaproxy:latest
+	rm -rf $(IMAGE_OUT)
