@@ -11,10 +11,11 @@ import urllib.request
 from typing import Any
 
 import pytest
+import yaml
 from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer
 
 from metaproxy.message import MessageType, ResponseStatus
-from metaproxy.testing.harness import ProxyProcess
+from metaproxy.testing.harness import ProxyProcess, free_port
 from tests.conftest import tinyrpc_listener
 
 pytestmark = pytest.mark.slow
@@ -241,3 +242,31 @@ def test_a_worker_that_cannot_start_fails_the_run(tinyrpc_server, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "did not start" in out.stderr
+
+
+def test_sighup_reaches_every_worker_new_listener_and_changed_cluster_on_both(tinyrpc_server, proxy):
+    v1, v2 = tinyrpc_server("v1"), tinyrpc_server("v2")
+    p = proxy(_config(v1))
+    _wait(lambda: all(w["ready"] for w in _workers(p)), 20, "both workers ready")
+    pids = {w["pid"] for w in _workers(p)}
+    new_port = free_port()
+    config = yaml.safe_load(p.config_path.read_text())
+    config["clusters"][0]["endpoints"] = [v2.address]
+    config["listeners"].append({"name": "extra", "address": f"127.0.0.1:{new_port}", "protocol": {"codec": "tinyrpc"},
+                                "route_config": {"name": "x", "routes": [{"name": "all", "route": {"cluster": "c"}}]}})
+    p.config_path.write_text(yaml.safe_dump(config))
+    p.send_signal(signal.SIGHUP)
+
+    def both_reloaded() -> bool:
+        dump = json.loads(_get(p.admin_address, "/config_dump")[1])
+        return all(w["route_versions"] and "extra" in w["route_versions"] for w in dump["workers"])
+
+    _wait(both_reloaded, 20, "both workers to have the new listener")
+    assert {w["pid"] for w in _workers(p)} == pids, "a reload must not restart a worker"
+    for i in range(40):
+        assert _call_fresh(("127.0.0.1", new_port), f"n{i}") == f"v2:echo:n{i}".encode()
+        assert _call_fresh(p.address(), f"o{i}") == f"v2:echo:o{i}".encode()
+    for w in _workers(p):
+        status, body = _get(w["admin"], "/stats?format=json&filter=^metaprotocol\\.extra\\.request$")
+        assert status == 200 and sum(s["value"] for s in json.loads(body)["stats"]) > 0, w
+    assert p.stop() == 0
