@@ -18,6 +18,8 @@ from metaproxy.upstream.pool import OVERFLOW, ExclusivePool, Limits, MultiplexPo
 log = logging.getLogger("metaproxy.upstream")
 
 NO_HEALTHY = "UH"
+#: How stale the list of endpoints in rotation may be (seconds).
+ROTATION_REFRESH = 0.05
 
 
 class Cluster:
@@ -37,6 +39,8 @@ class Cluster:
         #: Pools by (endpoint address, protocol key): one cluster may serve several listeners.
         self._pools: dict[tuple[str, str], MultiplexPool | ExclusivePool] = {}
         self.tls = _client_tls(config)
+        self._rotation: list[Endpoint] = []
+        self._rotation_expires = 0.0
         self.stats.membership_total.set(len(self.endpoints))
         self.stats.membership_healthy.set(len(self.endpoints))
         #: How to make an upstream codec (set by the first listener routing here; heartbeat health checks use it).
@@ -46,8 +50,20 @@ class Cluster:
 
     # -- endpoint choice ---------------------------------------------------------
     def in_rotation(self) -> list[Endpoint]:
+        """Endpoints healthy and not ejected, recomputed at most every ROTATION_REFRESH seconds.
+
+        Health checks and ejections change rarely; a request should not pay a
+        scan of the cluster for them.
+        """
         now = time.monotonic()
-        return [e for e in self.endpoints if e.in_rotation(now)]
+        if now >= self._rotation_expires:
+            self._rotation = [e for e in self.endpoints if e.in_rotation(now)]
+            self._rotation_expires = now + ROTATION_REFRESH
+        return self._rotation
+
+    def refresh_rotation(self) -> None:
+        """Recompute the rotation on the next request (health checks and outlier detection call it)."""
+        self._rotation_expires = 0.0
 
     def choose(self, metadata: Metadata, hash_keys: Iterable[str] = (),
                exclude: tuple[Endpoint, ...] = ()) -> Endpoint:

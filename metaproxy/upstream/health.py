@@ -52,7 +52,14 @@ _HEARTBEAT_ID = 0x4843  # "HC": any id works, the connection carries nothing els
 
 
 def update_membership(cluster: Any) -> None:
-    """Set the cluster's ``membership_healthy`` gauge to the endpoints in rotation now."""
+    """Set the cluster's ``membership_healthy`` gauge to the endpoints in rotation now.
+
+    Called after every change of health or ejection, so it also tells the
+    cluster to recompute its cached rotation.
+    """
+    refresh = getattr(cluster, "refresh_rotation", None)
+    if refresh is not None:
+        refresh()
     now = time.monotonic()
     cluster.stats.membership_healthy.set(sum(1 for e in cluster.endpoints if e.in_rotation(now)))
 

@@ -35,6 +35,9 @@ class RoundRobin:
 
     def __init__(self) -> None:
         self._index = 0
+        self._weights_of: object = None
+        self._total = 0
+        self._uniform = True
 
     def rebuild(self, endpoints: Sequence[Endpoint]) -> None:
         pass
@@ -46,8 +49,13 @@ class RoundRobin:
             return None
         if len(candidates) == 1:
             return candidates[0]
-        total = sum(e.weight for e in candidates)
-        self._index = (self._index + 1) % total
+        if self._weights_of is not candidates:  # weights summed once per rotation list, not per request
+            self._weights_of = candidates
+            self._total = sum(e.weight for e in candidates)
+            self._uniform = self._total == len(candidates)
+        self._index = (self._index + 1) % self._total
+        if self._uniform:
+            return candidates[self._index]
         point = self._index
         for e in candidates:
             point -= e.weight

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import gevent
 from gevent.event import AsyncResult
+from gevent.hub import Waiter
 from gevent.lock import Semaphore
 
 from metaproxy.codec import Codec, CodecError, DecodeStatus
@@ -112,6 +113,45 @@ def _encode(codec: Codec, metadata: Metadata, mutation: dict, out: bytearray, st
         codec.mutations_dropped = 0
 
 
+_TIMED_OUT = object()
+
+
+class _Call:
+    """One request waiting for its response: a hub Waiter and a raw libev timer.
+
+    Cheaper than AsyncResult + gevent.Timeout (no link lists, no Timeout
+    object per request). The response, an error or the timer's expiry all
+    resolve it through ``_deliver`` in the hub, and only the first one counts.
+    """
+
+    __slots__ = ("waiter", "done")
+
+    def __init__(self) -> None:
+        self.waiter = Waiter()
+        self.done = False
+
+    def resolve(self, value: object) -> None:
+        """Hand the waiting request its result (from any greenlet)."""
+        self.waiter.hub.loop.run_callback(_deliver, self, value)
+
+    def wait(self, timeout: float | None) -> object:
+        timer = None
+        if timeout is not None:
+            timer = self.waiter.hub.loop.timer(timeout)
+            timer.start(_deliver, self, _TIMED_OUT)
+        try:
+            return self.waiter.get()
+        finally:
+            if timer is not None:
+                timer.close()
+
+
+def _deliver(call: _Call, value: object) -> None:
+    if not call.done:
+        call.done = True
+        call.waiter.switch(value)
+
+
 class MultiplexConnection:
     """One connection carrying many requests, matched to responses by request id."""
 
@@ -124,7 +164,7 @@ class MultiplexConnection:
         self.limits = limits
         self.connect_timeout = connect_timeout
         self.sock: socket.socket | None = None
-        self.pending: dict[int, AsyncResult] = {}
+        self.pending: dict[int, _Call] = {}
         self.next_id = 0
         self.closed = False
         self._connecting: AsyncResult | None = None
@@ -161,10 +201,10 @@ class MultiplexConnection:
             _encode(self.codec, metadata, mutation, self._out, self.stats)
         finally:
             metadata["request_id"] = downstream_id
-        waiter = None
+        call = None
         if not oneway:
-            waiter = AsyncResult()
-            self.pending[upstream_id] = waiter
+            call = _Call()
+            self.pending[upstream_id] = call
         try:
             if not self._batching:
                 self._flush_batch()
@@ -172,13 +212,15 @@ class MultiplexConnection:
             self.pending.pop(upstream_id, None)
             self.close(ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET))
             raise ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET) from None
-        if waiter is None:
+        if call is None:
             return None
-        try:
-            return waiter.get(timeout=timeout)
-        except gevent.Timeout:
+        result = call.wait(timeout)
+        if result is _TIMED_OUT:
             self.pending.pop(upstream_id, None)
-            raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT) from None
+            raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
+        if isinstance(result, ProxyError):
+            raise result
+        return result
 
     def _flush_batch(self) -> None:
         """Yield once so other ready requests can join, then send everything queued."""
@@ -214,9 +256,9 @@ class MultiplexConnection:
                             with self._write_lock:
                                 send_all(sock, out)
                         continue
-                    waiter = self.pending.pop(md.get("request_id"), None)
-                    if waiter is not None:
-                        waiter.set(md)
+                    call = self.pending.pop(md.get("request_id"), None)
+                    if call is not None:
+                        call.resolve(md)
                     elif not 0 < (md.get("request_id") or 0) <= self.next_id:
                         self.stats.upstream_rq_unknown_id.inc()
                         error = ProxyError(ErrorType.BAD_RESPONSE,
@@ -248,8 +290,8 @@ class MultiplexConnection:
             self.stats.upstream_cx_destroy_with_active_rq.inc()
             pending, self.pending = self.pending, {}
             err = error or ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
-            for waiter in pending.values():
-                waiter.set_exception(err)
+            for call in pending.values():
+                call.resolve(err)
         reader = self._reader
         if reader is not None and reader is not gevent.getcurrent():
             reader.kill(block=False)
