@@ -24,7 +24,8 @@ not 1):
   workers (histogram buckets, counts and sums add up; P50/P99 in ``/stats``
   are the maximum over workers; gauges are summed), ``/config_dump`` is one
   worker's dump plus a ``workers`` section with each worker's pid, restarts
-  and route versions, ``/ready`` is LIVE only when every worker is,
+  and route versions, ``/ready`` is LIVE when every running worker is (a
+  worker being restarted is left out: the others take its connections),
   ``POST /drain`` is sent to every worker.
 """
 
@@ -372,7 +373,7 @@ GET  /stats/prometheus   stats, Prometheus text exposition
 GET  /config_dump        one worker's config dump plus every worker's pid, restarts and route versions
 GET  /clusters           endpoints and health, per worker (?format=json)
 GET  /workers            the worker processes
-GET  /ready              200 LIVE when every worker is ready, else 503
+GET  /ready              200 LIVE when every running worker is ready (one at least), else 503
 GET  /healthz            200 while at least one worker process is alive
 POST /drain              drain every worker (?timeout=5s, ?wait=true)
 GET  /logging            logger levels; POST /logging?level=debug[&logger=NAME] sets them in every worker
@@ -507,8 +508,9 @@ class SupervisorAdmin:
     def _ready(self, query: dict[str, list[str]], qs: str) -> Response:
         if self.sup.draining:
             return _text("DRAINING\n", "503 Service Unavailable")
+        # A worker being restarted is left out: its socket is closed, the others take its connections.
         answers = self.sup.fan_out("/ready")
-        if len(answers) == len(self.sup.workers) and all(status == 200 for _, status, _ in answers):
+        if answers and all(status == 200 for _, status, _ in answers):
             return _text("LIVE\n")
         return _text(f"PRE_INITIALIZING ({sum(s == 200 for _, s, _ in answers)}/{len(self.sup.workers)} "
                      "workers ready)\n", "503 Service Unavailable")

@@ -42,10 +42,11 @@ fi
 
 # -- 2. build context ---------------------------------------------------------------------------
 rm -rf "$ctx"
-mkdir -p "$ctx/dist" "$ctx/etc/metaproxy/filters/lua" "$ctx/etc/metaproxy/filters/wasm" "$ctx/etc/metaproxy/routes"
+etc="$ctx/stage/etc/metaproxy"
+mkdir -p "$ctx/stage/dist" "$etc/filters/lua" "$etc/filters/wasm" "$etc/routes"
 ln "$out/rootfs.tar" "$ctx/rootfs.tar" 2>/dev/null || cp "$out/rootfs.tar" "$ctx/rootfs.tar"
-(cd "$root" && "$py" -m pip wheel --quiet --no-deps --no-build-isolation -w "$ctx/dist" . )
-"$py" - "$ctx/dist" > "$ctx/requirements.txt" <<'PYEOF'
+(cd "$root" && "$py" -m pip wheel --quiet --no-deps --no-build-isolation -w "$ctx/stage/dist" . )
+"$py" - "$ctx/stage/dist" > "$ctx/requirements.txt" <<'PYEOF'
 import sys, zipfile, pathlib
 wheel = next(pathlib.Path(sys.argv[1]).glob("metaproxy-*.whl"))
 with zipfile.ZipFile(wheel) as zf:
@@ -54,10 +55,10 @@ with zipfile.ZipFile(wheel) as zf:
         if line.startswith("Requires-Dist:") and "extra ==" not in line:
             print(line.split(":", 1)[1].strip())
 PYEOF
-cp "$here/metaproxy.yaml" "$ctx/etc/metaproxy/metaproxy.yaml"
-cp "$root"/filters/lua/*.lua "$ctx/etc/metaproxy/filters/lua/"
-cp "$root"/filters/wasm/*.wasm "$ctx/etc/metaproxy/filters/wasm/"
-cp "$root"/conf/routes/*.yaml "$ctx/etc/metaproxy/routes/"
+cp "$here/metaproxy.yaml" "$etc/metaproxy.yaml"
+cp "$root"/filters/lua/*.lua "$etc/filters/lua/"
+cp "$root"/filters/wasm/*.wasm "$etc/filters/wasm/"
+cp "$root"/conf/routes/*.yaml "$etc/routes/"
 
 ca=${CA_BUNDLE:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}
 [ -r "$ca" ] || { ca="$out/empty-ca.pem"; : > "$ca"; }
