@@ -86,6 +86,7 @@ class RequestContext:
         "bytes_sent",
         "trace",
         "leases",
+        "order",
     )
 
     def __init__(self, metadata: Metadata, listener: str = "", protocol: str = "") -> None:
@@ -114,6 +115,8 @@ class RequestContext:
         #: Upstream connections this request's downstream connection holds
         #: (ordered protocols keep one per endpoint: pipelining, MULTI/EXEC).
         self.leases: dict[Any, Any] | None = None
+        #: For a request of a client's pipeline (ordered protocols): (SendOrder, place in the batch).
+        self.order: Any = None
 
     @property
     def route_name(self) -> str:

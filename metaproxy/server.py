@@ -29,7 +29,7 @@ from metaproxy.observer import RequestObserver, overriding
 from metaproxy.router import RouteHolder
 from metaproxy.stats import ListenerStats, StatsStore
 from metaproxy.upstream.cluster import ClusterManager
-from metaproxy.upstream.pool import SESSION_KEY
+from metaproxy.upstream.pool import SESSION_KEY, SendOrder
 
 log = logging.getLogger("metaproxy.server")
 
@@ -248,6 +248,7 @@ class DownstreamConnection:
         self._greenlets: set[gevent.Greenlet] = set()
         #: Ordered protocols: upstream connections (and endpoints) this connection holds.
         self.leases: dict[Any, Any] | None = None if listener.multiplexing else {}
+        self._max_batch = listener.config.max_requests_per_connection
         if not isinstance(sock, ssl.SSLSocket):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -259,6 +260,7 @@ class DownstreamConnection:
         max_bytes = listener.config.max_message_bytes
         buffer = bytearray()
         spawn = listener.multiplexing
+        batch: list[Metadata] = []  # ordered protocols: the requests of one read, served as a pipeline
         try:
             while not self.closed:
                 n = sock.recv_into(SCRATCH)
@@ -273,12 +275,14 @@ class DownstreamConnection:
                     try:
                         status = codec.decode(buffer, md)
                     except CodecError as exc:
+                        self._serve_batch(batch)
                         self._decode_failed(md, exc)
                         return
                     if status is not DecodeStatus.DONE:
                         if not self.partial_since:
                             self.partial_since = self.last_activity
                         if len(buffer) > max_bytes:
+                            self._serve_batch(batch)
                             self._decode_failed(md, CodecError(
                                 f"incomplete message already {len(buffer)} bytes, over max_message_bytes"))
                             return
@@ -286,6 +290,7 @@ class DownstreamConnection:
                     stats.request_decoding_success.inc()
                     self.partial_since = 0.0
                     if md.get("message_type") is MessageType.HEARTBEAT:
+                        self._serve_batch(batch)
                         stats.request_heartbeat.inc()
                         out = bytearray()
                         codec.heartbeat_reply(md, out)
@@ -297,11 +302,44 @@ class DownstreamConnection:
                         g = gevent.spawn(self._serve_slot, md)
                         self._greenlets.add(g)
                     else:
-                        self.serve(md)
+                        batch.append(md)
+                        if len(batch) >= self._max_batch:
+                            self._serve_batch(batch)
+                self._serve_batch(batch)
         except OSError as exc:
             log.debug("connection from %s: %s", self.peer, exc)
         finally:
             self.close()
+
+    def _serve_batch(self, batch: list[Metadata]) -> None:
+        """Serve an ordered protocol's requests of one read; replies leave in request order.
+
+        One request is served inline. Several (a client's pipeline) are served
+        concurrently so they share the upstream connection as a pipeline too,
+        their upstream sends kept in client order by a SendOrder, and their
+        replies are written back together in that order.
+        """
+        if not batch:
+            return
+        if len(batch) == 1 or any(md.get("session") is True for md in batch):
+            for md in batch:
+                out = self.serve(md)
+                if out and not self.closed:
+                    self.send(out)
+            batch.clear()
+            return
+        order = SendOrder()
+        replies: list[bytearray | None] = [None] * len(batch)
+
+        def serve_one(index: int, md: Metadata) -> None:
+            replies[index] = self.serve(md, (order, index))
+
+        jobs = [gevent.spawn(serve_one, i, md) for i, md in enumerate(batch)]
+        batch.clear()
+        gevent.joinall(jobs)
+        data = b"".join(r for r in replies if r)
+        if data and not self.closed:
+            self.send(data)
 
     def _decode_failed(self, md: Metadata, exc: CodecError) -> None:
         stats = self.listener.stats
@@ -322,13 +360,19 @@ class DownstreamConnection:
 
     def _serve_slot(self, md: Metadata) -> None:
         try:
-            self.serve(md)
+            out = self.serve(md)
+            if out and not self.closed:
+                try:
+                    self.send(out)
+                except OSError as exc:
+                    log.debug("write to %s failed: %s", self.peer, exc)
+                    self.close()
         finally:
             self._slots.release()
             self._greenlets.discard(gevent.getcurrent())
 
-    def serve(self, md: Metadata) -> None:
-        """Run one request through the chain and write its reply (if it has one)."""
+    def serve(self, md: Metadata, order: Any = None) -> bytearray:
+        """Run one request through the chain; return its reply's bytes (empty if it has none)."""
         listener = self.listener
         stats = listener.stats
         stats.request.inc()
@@ -340,6 +384,7 @@ class DownstreamConnection:
             ctx.peer_identity = md["peer_identity"] = self.identity
         ctx.routes = listener.routes.current
         ctx.leases = self.leases
+        ctx.order = order
         oneway = md.get("message_type") is MessageType.ONEWAY
         if oneway:
             stats.request_oneway.inc()
@@ -391,6 +436,9 @@ class DownstreamConnection:
         finally:
             self.active -= 1
             stats.request_active.dec()
+            if order is not None:  # a request answered locally still passes the turn on
+                order[0].wait(order[1])
+                order[0].done(order[1])
         elapsed_ms = (time.monotonic() - ctx.start_time) * 1000.0
         stats.request_time_ms.observe(elapsed_ms)
         counter, histogram = stats.method(md.get("method") or "")
@@ -399,15 +447,10 @@ class DownstreamConnection:
         if self.codec.mutations_dropped:
             stats.mutation_dropped.inc(self.codec.mutations_dropped)
             self.codec.mutations_dropped = 0
-        if out and not self.closed:
-            ctx.bytes_sent = len(out)
-            try:
-                self.send(out)
-            except OSError as exc:
-                log.debug("write to %s failed: %s", self.peer, exc)
-                self.close()
+        ctx.bytes_sent = len(out)
         for obs in listener.end_observers:
             obs.request_end(ctx)
+        return out
 
     def send(self, data: bytes | bytearray) -> None:
         with self._write_lock:

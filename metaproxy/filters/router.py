@@ -153,7 +153,7 @@ class RouterFilter(Filter):
         error: ProxyError | None = None
         response = None
         try:
-            response = pool.request(ctx.metadata, ctx.mutation, timeout, oneway, leases)
+            response = pool.request(ctx.metadata, ctx.mutation, timeout, oneway, leases, ctx.order)
             if response is not None and response.get("response_status") is ResponseStatus.ERROR:
                 stats.upstream_rq_error.inc()
             else:

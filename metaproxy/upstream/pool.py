@@ -330,7 +330,7 @@ class MultiplexPool:
         return best
 
     def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool,
-                leases: dict | None = None) -> Metadata | None:
+                leases: dict | None = None, order: tuple[SendOrder, int] | None = None) -> Metadata | None:
         conn = self._pick()
         try:
             return conn.request(metadata, mutation, timeout, oneway)
@@ -345,12 +345,91 @@ class MultiplexPool:
 
 
 class ExclusiveConnection:
-    """A connection that carries one request at a time, its response read inline."""
+    """A connection whose responses come back in request order.
+
+    Unleased, it carries one request at a time. Leased to a downstream
+    connection, it is pipelined: requests are queued in order (``out``,
+    flushed together) and each takes a ticket; responses are read in ticket
+    order, each by the request that owns the ticket.
+    """
 
     def __init__(self, sock: socket.socket, codec: Codec) -> None:
         self.sock = sock
         self.codec = codec
         self.buffer = bytearray()
+        self.out = bytearray()
+        self.batching = False
+        self.next_ticket = 0
+        self.reading = 0
+        self.broken = False
+        self._turns: dict[int, Waiter] = {}
+        self._write_lock = Semaphore()
+
+    def take_ticket(self) -> int:
+        ticket = self.next_ticket
+        self.next_ticket += 1
+        return ticket
+
+    def wait_turn(self, ticket: int) -> None:
+        while self.reading != ticket:
+            if self.broken:
+                raise ConnectionResetError("pipelined upstream connection was dropped")
+            waiter = Waiter()
+            self._turns[ticket] = waiter
+            waiter.get()
+
+    def end_turn(self) -> None:
+        self.reading += 1
+        waiter = self._turns.pop(self.reading, None)
+        if waiter is not None:
+            waiter.hub.loop.run_callback(waiter.switch, None)
+
+    def break_pipeline(self) -> None:
+        """The response stream can no longer be trusted: wake every waiting request to fail."""
+        self.broken = True
+        turns, self._turns = self._turns, {}
+        for waiter in turns.values():
+            waiter.hub.loop.run_callback(waiter.switch, None)
+
+    def flush(self) -> None:
+        """Yield once so the other requests of a pipeline join, then write them all."""
+        self.batching = True
+        try:
+            gevent.sleep(0)
+        finally:
+            self.batching = False
+        data, self.out = self.out, bytearray()
+        if data:
+            with self._write_lock:
+                send_all(self.sock, data)
+
+
+class SendOrder:
+    """Requests of one pipelined batch reach their upstream in the order the client sent them.
+
+    Each request of the batch has a sequence number; it waits for its turn
+    before queueing its bytes upstream and passes the turn on right after
+    (a request answered locally passes it on when it ends).
+    """
+
+    __slots__ = ("next", "_waiters")
+
+    def __init__(self) -> None:
+        self.next = 0
+        self._waiters: dict[int, Waiter] = {}
+
+    def wait(self, seq: int) -> None:
+        while self.next < seq:
+            waiter = Waiter()
+            self._waiters[seq] = waiter
+            waiter.get()
+
+    def done(self, seq: int) -> None:
+        if seq >= self.next:
+            self.next = seq + 1
+            waiter = self._waiters.pop(self.next, None)
+            if waiter is not None:
+                waiter.hub.loop.run_callback(waiter.switch, None)
 
 
 class ExclusivePool:
@@ -382,54 +461,91 @@ class ExclusivePool:
             pass
 
     def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool,
-                leases: dict | None = None) -> Metadata | None:
-        """Send one request and read its response on a connection of its own.
+                leases: dict | None = None, order: tuple[SendOrder, int] | None = None) -> Metadata | None:
+        """Send one request and read its response, on a connection of its own or the client's lease.
 
         With ``leases`` (the downstream connection's), the connection stays
-        with that downstream connection instead of going back to the idle list.
+        with that downstream connection, and the requests of a client's
+        pipeline share it in order (``order``: the batch's SendOrder and this
+        request's place in it).
         """
-        conn = leases.get(self) if leases is not None else None
-        fresh = conn is None
-        if conn is None:
-            conn = self._acquire()
-            if leases is not None:
-                leases[self] = conn
+        if leases is None:
+            return self._one_shot(metadata, mutation, timeout, oneway)
+        out = bytearray()
+        conn = leases.get(self)
+        with gevent.Timeout(timeout, False):
+            if order is not None:
+                order[0].wait(order[1])
+            try:
+                session = []
+                if conn is None or conn.broken:
+                    conn = leases[self] = self._acquire()
+                    for frame in leases.get(SESSION_KEY, ()):  # bring it to the client's session state
+                        conn.out += frame
+                        session.append(conn.take_ticket())
+                _encode(conn.codec, metadata, mutation, out, self.stats)
+                conn.out += out
+                ticket = None if oneway else conn.take_ticket()
+            finally:
+                if order is not None:
+                    order[0].done(order[1])
+            try:
+                if not conn.batching:
+                    conn.flush()
+                for t in session:  # replies to the replayed session commands: read and dropped
+                    self._read_turn(conn, t)
+                return None if ticket is None else self._read_turn(conn, ticket)
+            except CodecError as exc:
+                self.stats.upstream_rq_decoding_error.inc()
+                self._drop(conn, leases)
+                raise ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR) from None
+            except OSError as exc:
+                self._drop(conn, leases)
+                raise ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET) from None
+        # the Timeout expired (False: no exception raised inside the block)
+        if conn is not None:
+            self._drop(conn, leases)
+        raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
+
+    def _read_turn(self, conn: ExclusiveConnection, ticket: int) -> Metadata:
+        conn.wait_turn(ticket)
+        md = self._read_one(conn)
+        conn.end_turn()
+        return md
+
+    def _one_shot(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
+        conn = self._acquire()
         out = bytearray()
         _encode(conn.codec, metadata, mutation, out, self.stats)
         try:
             with gevent.Timeout(timeout, False):
-                if fresh and leases is not None:
-                    self._replay_session(conn, leases.get(SESSION_KEY, ()))
                 send_all(conn.sock, out)
                 md = None if oneway else self._read_one(conn)
-                if leases is None:
-                    self._release(conn)
+                self._release(conn)
                 return md
             # the Timeout expired (False: no exception raised inside the block)
-            self._drop(conn, leases)
+            self._discard(conn)
             raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
         except CodecError as exc:
             self.stats.upstream_rq_decoding_error.inc()
-            self._drop(conn, leases)
+            self._discard(conn)
             raise ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR) from None
         except OSError as exc:
-            self._drop(conn, leases)
+            self._discard(conn)
             raise ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET) from None
-
-    def _replay_session(self, conn: ExclusiveConnection, frames: list[bytes]) -> None:
-        """Bring a new leased connection to the client's session state (HELLO, SELECT, AUTH...)."""
-        for frame in frames:
-            send_all(conn.sock, frame)
-            self._read_one(conn)
 
     def _drop(self, conn: ExclusiveConnection, leases: dict | None) -> None:
         if leases is not None and leases.get(self) is conn:
             del leases[self]
-        self._discard(conn)
+        if not conn.broken:
+            conn.break_pipeline()
+            self._discard(conn)
 
     def end_lease(self, conn: ExclusiveConnection) -> None:
         """The downstream connection holding ``conn`` closed: its session state goes with it."""
-        self._discard(conn)
+        if not conn.broken:
+            conn.break_pipeline()
+            self._discard(conn)
 
     def _read_one(self, conn: ExclusiveConnection) -> Metadata:
         buffer = conn.buffer

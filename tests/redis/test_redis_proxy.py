@@ -103,3 +103,14 @@ def test_redis_cli_through_the_proxy(two_redis):
     assert run("SET", "user:cli", "hello").stdout.strip() == "OK"
     assert run("GET", "user:cli").stdout.strip() == "hello"
     assert "no such cluster" in run("GET", "lost:x").stdout
+
+
+def test_pipeline_across_two_clusters_keeps_client_order(two_redis):
+    client = two_redis[0]
+    pipe = client.pipeline(transaction=False)
+    for i in range(50):
+        pipe.set(f"user:o{i}", f"u{i}").set(f"o{i}", f"r{i}")
+        pipe.append(f"user:o{i}", "!").get(f"user:o{i}").get(f"o{i}")
+    results = pipe.execute()
+    for i in range(50):
+        assert results[5 * i:5 * i + 5] == [True, True, len(f"u{i}!"), f"u{i}!".encode(), f"r{i}".encode()]
