@@ -2,7 +2,8 @@
 #   make deps-image   buildah, podman, debootstrap, umoci, skopeo, runc from apt when missing
 #   make image        build/image/metaproxy.tar (docker-archive; `podman load -i` / `docker load -i`)
 #   make image-test   build, run it with podman, real tinyrpc traffic through it, SIGTERM drains (exit 0)
-# Cold build about 2 minutes (debootstrap + pip), rebuild after a code change a few seconds.
+# Measured here (vfs storage, 2 cores): cold build about 4 min (debootstrap, pip), rebuild after a
+# code change about 1 min; image-test about 1.5 min warm.
 
 IMAGE_APT_PACKAGES := buildah podman debootstrap umoci skopeo runc
 IMAGE_PYTHON ?= $(if $(PY),$(PY),.venv/bin/python)
