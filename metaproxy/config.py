@@ -137,6 +137,7 @@ class ProxyConfig:
     admin_address: tuple[str, int] | None = None
     workers: int | str = 1
     drain_timeout: float = 15.0
+    max_buffered_bytes_total: int = 256 * 1024 * 1024
     access_log: list[AccessLogConfig] = field(default_factory=list)
     tracing: dict[str, Any] = field(default_factory=dict)
     source: str = ""
@@ -362,6 +363,7 @@ def read_config(data: Any, source: str = "<config>") -> tuple[ProxyConfig, list[
         admin_address=admin,
         workers=workers,
         drain_timeout=top.take("drain_timeout", "duration", 15.0),
+        max_buffered_bytes_total=top.take("max_buffered_bytes_total", int, 256 * 1024 * 1024, _positive),
         access_log=_read_access_logs(top),
         tracing=top.take("tracing", dict, {}),
         source=source,

@@ -17,6 +17,7 @@ from gevent.event import Event
 
 from metaproxy.config import ListenerConfig, ProxyConfig
 from metaproxy.observer import RequestObserver
+from metaproxy import server
 from metaproxy.server import Listener
 from metaproxy.stats import StatsStore
 from metaproxy.upstream.cluster import Cluster, ClusterManager
@@ -29,6 +30,7 @@ class Proxy:
         self.config = config
         self.reuse_port = reuse_port
         self.stats = StatsStore()
+        server.BUDGET.limit = config.max_buffered_bytes_total
         self.clusters = ClusterManager(config.clusters, self.stats)
         self.observers: list[RequestObserver] = build_observers(config, self.stats)
         self.listeners: dict[str, Listener] = {}

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import gevent
+from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.server import StreamServer
 
@@ -75,6 +76,7 @@ class Listener:
         self.routes = RouteHolder(config.route_config)
         self.reuse_port = reuse_port
         self.connections: set[DownstreamConnection] = set()
+        self.handshaking = 0
         self.draining = False
         probe = self.new_codec(Direction.REQUEST)
         self.multiplexing = bool(getattr(probe, "multiplexing", True))
@@ -176,19 +178,24 @@ class Listener:
 
     def _accept(self, sock: socket.socket, address: tuple[str, int]) -> None:
         stats = self.stats
-        if len(self.connections) >= self.config.max_connections or self.draining:
+        if len(self.connections) + self.handshaking >= self.config.max_connections or self.draining:
             stats.cx_overflow.inc()
             sock.close()
             return
         if self.ssl_context is not None:
+            # A handshake counts against max_connections and is bounded like a slow request.
+            self.handshaking += 1
             try:
-                sock.settimeout(10.0)
+                sock.settimeout(self.config.request_read_timeout)
                 sock = self.ssl_context.wrap_socket(sock, server_side=True)
                 sock.settimeout(None)
             except (ssl.SSLError, OSError) as exc:
+                stats.cx_tls_handshake_error.inc()
                 log.info("TLS handshake from %s:%d failed: %s", address[0], address[1], exc)
                 sock.close()
                 return
+            finally:
+                self.handshaking -= 1
         conn = DownstreamConnection(self, sock, address)
         self.connections.add(conn)
         stats.cx_total.inc()
@@ -198,6 +205,28 @@ class Listener:
         finally:
             self.connections.discard(conn)
             stats.cx_active.dec()
+
+
+class BufferBudget:
+    """Bytes of replies waiting to be written to slow clients, across all connections of the process.
+
+    Each connection also has its own cap (``max_buffered_bytes``); when either
+    is exceeded the connection stops reading new requests until its writes
+    drain (Envoy's watermarks), so a client that never reads cannot make the
+    proxy buffer without bound.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    @property
+    def over(self) -> bool:
+        return self.used > self.limit
+
+
+#: One budget per process (set from ``max_buffered_bytes_total`` when the proxy starts).
+BUDGET = BufferBudget(256 * 1024 * 1024)
 
 
 def _server_ssl_context(config: ListenerConfig) -> ssl.SSLContext:
@@ -244,6 +273,11 @@ class DownstreamConnection:
         self.last_activity = time.monotonic()
         self.partial_since = 0.0
         self._write_lock = Semaphore()
+        #: Bytes this connection holds: requests in flight plus replies not yet taken by the kernel.
+        #: Over ``max_buffered_bytes`` the reader stops reading (a watermark, as Envoy has).
+        self.buffered = 0
+        self._writable = Event()
+        self._writable.set()
         self._slots = Semaphore(listener.config.max_requests_per_connection)
         self._greenlets: set[gevent.Greenlet] = set()
         #: Ordered protocols: upstream connections (and endpoints) this connection holds.
@@ -261,8 +295,11 @@ class DownstreamConnection:
         buffer = bytearray()
         spawn = listener.multiplexing
         batch: list[Metadata] = []  # ordered protocols: the requests of one read, served as a pipeline
+        max_buffered = listener.config.max_buffered_bytes
         try:
             while not self.closed:
+                if self.buffered > max_buffered or BUDGET.over:
+                    self._wait_writable(max_buffered)
                 n = sock.recv_into(SCRATCH)
                 if not n:
                     if self.active:
@@ -299,6 +336,8 @@ class DownstreamConnection:
                         continue
                     if spawn:
                         self._slots.acquire()  # backpressure: stop reading at max requests in flight
+                        self.buffered += len(md.frame)
+                        BUDGET.used += len(md.frame)
                         g = gevent.spawn(self._serve_slot, md)
                         self._greenlets.add(g)
                     else:
@@ -370,6 +409,7 @@ class DownstreamConnection:
         finally:
             self._slots.release()
             self._greenlets.discard(gevent.getcurrent())
+            self._release_bytes(len(md.frame))
 
     def serve(self, md: Metadata, order: Any = None) -> bytearray:
         """Run one request through the chain; return its reply's bytes (empty if it has none)."""
@@ -453,13 +493,33 @@ class DownstreamConnection:
         return out
 
     def send(self, data: bytes | bytearray) -> None:
-        with self._write_lock:
-            send_all(self.sock, data)
+        size = len(data)
+        self.buffered += size
+        BUDGET.used += size
+        try:
+            with self._write_lock:
+                send_all(self.sock, data)
+        finally:
+            self._release_bytes(size)
+
+    def _release_bytes(self, size: int) -> None:
+        self.buffered -= size
+        BUDGET.used -= size
+        if not self._writable.is_set() and self.buffered <= self.listener.config.max_buffered_bytes:
+            self._writable.set()
+
+    def _wait_writable(self, max_buffered: int) -> None:
+        """Stop reading until this connection's (and the process's) unsent replies drain."""
+        self.listener.stats.cx_read_paused.inc()
+        while not self.closed and (self.buffered > max_buffered or BUDGET.over):
+            self._writable.clear()
+            self._writable.wait(0.1 if BUDGET.over else None)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        self._writable.set()  # a reader paused on the watermark must see the close
         if self.active:
             self.listener.stats.cx_destroy_local_with_active_rq.inc()
         try:

@@ -143,6 +143,8 @@ class ListenerStats:
         self.cx_overflow = c(scope, "cx_overflow")
         self.cx_idle_timeout = c(scope, "cx_idle_timeout")
         self.cx_read_timeout = c(scope, "cx_read_timeout")
+        self.cx_read_paused = c(scope, "cx_read_paused")
+        self.cx_tls_handshake_error = c(scope, "cx_tls_handshake_error")
         self.cx_destroy_local_with_active_rq = c(scope, "cx_destroy_local_with_active_rq")
         self.cx_destroy_remote_with_active_rq = c(scope, "cx_destroy_remote_with_active_rq")
         self.mutation_dropped = c(scope, "mutation_dropped")

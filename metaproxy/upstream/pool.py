@@ -472,11 +472,12 @@ class ExclusivePool:
         if leases is None:
             return self._one_shot(metadata, mutation, timeout, oneway)
         out = bytearray()
-        conn = leases.get(self)
+        conn = None
         with gevent.Timeout(timeout, False):
             if order is not None:
                 order[0].wait(order[1])
             try:
+                conn = leases.get(self)  # after our turn: an earlier request may have just leased it
                 session = []
                 if conn is None or conn.broken:
                     conn = leases[self] = self._acquire()

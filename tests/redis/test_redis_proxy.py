@@ -114,3 +114,15 @@ def test_pipeline_across_two_clusters_keeps_client_order(two_redis):
     results = pipe.execute()
     for i in range(50):
         assert results[5 * i:5 * i + 5] == [True, True, len(f"u{i}!"), f"u{i}!".encode(), f"r{i}".encode()]
+
+
+def test_pipelines_share_one_upstream_connection_per_client(two_redis):
+    client, users_port, _, _ = two_redis
+    users = redis.Redis(port=users_port)
+    before = users.info("clients")["connected_clients"]
+    for _ in range(5):
+        pipe = client.pipeline(transaction=False)
+        for i in range(64):
+            pipe.incr("user:count")
+        assert pipe.execute()[-1] % 64 == 0
+    assert users.info("clients")["connected_clients"] - before <= 1

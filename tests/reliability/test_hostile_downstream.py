@@ -187,3 +187,27 @@ def test_ten_thousand_idle_connections(proxy, upstream) -> None:
             s.close()
     wait_until(lambda: stat(p, L + "cx_active") <= 1, 30, "idle connections to close")
     served(p)
+
+
+def test_unsent_replies_past_max_buffered_bytes_pause_reading(proxy, tinyrpc_server) -> None:
+    """Watermark: with many requests allowed in flight, unsent reply bytes still stop the reading."""
+    up = tinyrpc_server("up")
+    p = proxy(config([up.address], max_requests_per_connection=1024, max_buffered_bytes=512 * 1024))
+    served(p)
+    frame = request_frame(body=b"z" * 128 * 1024)
+    pushed = 0
+    sock = socket.create_connection(p.address())
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(1.0)
+    try:
+        while pushed < 2000:  # 250 MiB if nothing stopped it
+            sock.sendall(frame)
+            pushed += 1
+    except (TimeoutError, OSError):
+        pass
+    try:
+        wait_stat(p, L + "cx_read_paused", 1)
+        assert pushed < 2000, f"{pushed} requests of 128 KiB read from a client that reads nothing"
+        served(p)  # other clients are served meanwhile
+    finally:
+        sock.close()
