@@ -1,4 +1,5 @@
-"""The container image: `make image` builds it, podman loads and runs it, real traffic passes, SIGTERM drains.
+"""The container image: `make image` builds it, podman loads and runs it, real tinyrpc and Thrift traffic passes,
+SIGTERM drains.
 
 Cold, this builds a Debian root filesystem and pip-installs the dependencies
 (a few minutes on 2 cores); warm, only the project's layer is rebuilt. The run
@@ -22,6 +23,7 @@ from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer
 
 from metaproxy.message import ResponseStatus
 from metaproxy.testing.harness import free_port, wait_for_port
+from tests.e2e.thrift_support.peers import EchoClient, EchoServer
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +49,8 @@ def image_tar() -> Path:
     return tar
 
 
-def _config(tmp: Path, upstream: TinyRpcServer) -> tuple[Path, int, int]:
-    port, admin = free_port(), free_port()
+def _config(tmp: Path, upstream: TinyRpcServer, thrift: EchoServer) -> tuple[Path, int, int, int]:
+    port, admin, thrift_port = free_port(), free_port(), free_port()
     config = {
         "admin": {"address": f"127.0.0.1:{admin}"},
         "workers": 2,
@@ -60,13 +62,19 @@ def _config(tmp: Path, upstream: TinyRpcServer) -> tuple[Path, int, int]:
             # a sample filter shipped in the image, by a path relative to /etc/metaproxy
             "filters": [{"name": "lua", "script": "filters/lua/add_header.lua"}, {"name": "router"}],
             "route_config": {"name": "r", "routes": [{"name": "all", "route": {"cluster": "host"}}]},
+        }, {
+            "name": "thrift-in",
+            "address": f"127.0.0.1:{thrift_port}",
+            "protocol": {"codec": "thrift", "options": {"transport": "framed", "protocol": "binary"}},
+            "route_config": {"name": "t", "routes": [{"name": "all", "route": {"cluster": "host-thrift"}}]},
         }],
-        "clusters": [{"name": "host", "endpoints": [upstream.address]}],
+        "clusters": [{"name": "host", "endpoints": [upstream.address]},
+                     {"name": "host-thrift", "endpoints": [thrift.address]}],
     }
     path = tmp / "metaproxy.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     path.chmod(0o644)
-    return path, port, admin
+    return path, port, admin, thrift_port
 
 
 @pytest.mark.timeout(1200)
@@ -74,8 +82,9 @@ def test_the_image_loads_serves_real_traffic_as_non_root_and_drains_on_sigterm(i
     out = _run([*PODMAN, "load", "-i", str(image_tar)], timeout=300)
     assert "metaproxy" in out.stdout + out.stderr
     upstream = TinyRpcServer(0, "host-v1").start()
+    thrift = EchoServer("host-thrift", "apache", "framed", "binary").start()
     name = f"metaproxy-smoke-{uuid.uuid4().hex[:8]}"
-    config, port, admin = _config(tmp_path, upstream)
+    config, port, admin, thrift_port = _config(tmp_path, upstream, thrift)
     log = open(tmp_path / "container.log", "wb")
     proc = subprocess.Popen([*PODMAN, "run", "--name", name, "--ulimit", "nofile=4096:4096",
                              "--ulimit", "nproc=4096:4096", "--network", "host",
@@ -92,6 +101,9 @@ def test_the_image_loads_serves_real_traffic_as_non_root_and_drains_on_sigterm(i
             md, body = client.call("sayHello", headers={"x-user": "test-1"})
         assert md["response_status"] is ResponseStatus.SUCCESS and body == b"host-v1:sayHello:"
         assert md["x-forwarded-user"] == "test-1"  # the image's sample Lua filter ran
+        wait_for_port("127.0.0.1", thrift_port, 30, proc)
+        with EchoClient("apache", thrift_port) as client:  # real Apache Thrift client and server
+            assert client.echo.whoami() == "host-thrift"
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=5) as resp:
             assert resp.status == 200 and resp.read() == b"LIVE\n"
         ids = _run([*PODMAN, "exec", name, "id"], timeout=60).stdout.strip()
@@ -120,6 +132,7 @@ def test_the_image_loads_serves_real_traffic_as_non_root_and_drains_on_sigterm(i
             proc.wait(30)
         subprocess.run([*PODMAN, "rm", "-f", name], capture_output=True, timeout=120)
         upstream.stop()
+        thrift.stop()
         log.close()
 
 
