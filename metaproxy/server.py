@@ -298,7 +298,7 @@ class DownstreamConnection:
         max_buffered = listener.config.max_buffered_bytes
         try:
             while not self.closed:
-                if self.buffered > max_buffered or BUDGET.over:
+                if self.buffered > max_buffered or BUDGET.used > BUDGET.limit:
                     self._wait_writable(max_buffered)
                 n = sock.recv_into(SCRATCH)
                 if not n:

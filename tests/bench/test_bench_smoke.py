@@ -1,0 +1,37 @@
+"""The benchmark harness still runs: every scenario through every path for a fraction of a second.
+
+Speed is not asserted here (that is bench/'s job, on a quiet machine); this
+keeps `make bench` from rotting: the C tools build, HAProxy and metaproxy
+start, every protocol's load completes with no error reply.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(300)
+def test_every_scenario_runs_through_every_path(tmp_path):
+    build = subprocess.run(["make", "--no-print-directory", "bench-tools"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=180)
+    assert build.returncode == 0, build.stderr
+    out = tmp_path / "rows.json"
+    run = subprocess.run([sys.executable, "bench/run.py", "--build", "build/bench", "--seconds", "0.3",
+                          "--warmup", "0.1", "--idle", "0", "--connections", "1,8", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = data["rows"] if isinstance(data, dict) else data
+    seen = {(row["scenario"], row["target"]) for row in rows}
+    for scenario in ("tinyrpc", "thrift", "dubbo", "redis-get", "redis-set"):
+        for target in ("direct", "haproxy", "metaproxy"):
+            assert (scenario, target) in seen, f"no {target} row for {scenario}"
+    assert all(row["rps"] > 0 for row in rows)
