@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 BENCH_BINARIES := $(BENCH_BUILD)/rpc_load $(BENCH_BUILD)/rpc_server
 
-.PHONY: bench bench-tools bench-profile bench-smoke deps-bench
+.PHONY: bench bench-protocols bench-tools bench-profile bench-smoke deps-bench
 
 $(BENCH_BUILD)/%: bench/%.c bench/rpcproto.h
 	@mkdir -p $(BENCH_BUILD)
@@ -19,7 +19,11 @@ $(BENCH_BUILD)/%: bench/%.c bench/rpcproto.h
 
 bench-tools: $(BENCH_BINARIES)
 
-bench: venv deps-bench bench-tools
+# The whole report: protocols side by side (direct / HAProxy / metaproxy), then the added cost of
+# filters (Lua, WASM), of observability, and route-update latency. Each part prints its own table.
+bench: bench-protocols bench-lua bench-wasm bench-observability bench-xds
+
+bench-protocols: venv deps-bench bench-tools
 	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
 
 bench-profile: venv deps-bench bench-tools
