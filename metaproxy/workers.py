@@ -541,8 +541,13 @@ class SupervisorAdmin:
 
 # -- entry points ---------------------------------------------------------------------
 
-def run_workers(config_path: str, config: ProxyConfig, log_level: str = "info") -> int:
-    """``metaproxy run`` with ``workers`` not 1: supervise the workers until SIGTERM; the exit status."""
+def run_workers(config_path: str, config: ProxyConfig, log_level: str | None = None) -> int:
+    """``metaproxy run`` with ``workers`` not 1: supervise the workers until SIGTERM; the exit status.
+
+    Workers log at the supervisor's level (``--log-level`` was applied to the root logger by the CLI).
+    """
+    if log_level is None:
+        log_level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     supervisor = Supervisor(config_path, config, log_level=log_level)
     try:
         supervisor.start()
@@ -563,6 +568,9 @@ def worker_main(argv: list[str] | None = None) -> int:
 
     _patch()
     _logging(args.log_level)
+    worker = os.environ.get("METAPROXY_WORKER", "?")
+    for handler in logging.getLogger().handlers:  # the workers share the supervisor's stderr: say whose line
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {worker}] %(name)s: %(message)s"))
     from metaproxy.config import ConfigError, load_config
     from metaproxy.proxy import Proxy
     from metaproxy.settings import parse_address
@@ -579,7 +587,7 @@ def worker_main(argv: list[str] | None = None) -> int:
         proxy = Proxy(config, reuse_port=True)
         proxy.start()
     except (ValueError, OSError) as exc:
-        print(f"{args.config}: worker {os.environ.get('METAPROXY_WORKER', '?')}: {exc}", file=sys.stderr)
+        print(f"{args.config}: worker {worker}: {exc}", file=sys.stderr)
         return 1
     return proxy.serve_forever()
 
