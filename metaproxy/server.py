@@ -366,6 +366,8 @@ class DownstreamConnection:
                 if out and not self.closed:
                     self.send(out)
             batch.clear()
+            if self.listener.draining:
+                self._close_if_done()
             return
         order = SendOrder()
         replies: list[bytearray | None] = [None] * len(batch)
@@ -379,6 +381,8 @@ class DownstreamConnection:
         data = b"".join(r for r in replies if r)
         if data and not self.closed:
             self.send(data)
+        if self.listener.draining:
+            self._close_if_done()
 
     def _decode_failed(self, md: Metadata, exc: CodecError) -> None:
         stats = self.listener.stats
@@ -410,6 +414,19 @@ class DownstreamConnection:
             self._slots.release()
             self._greenlets.discard(gevent.getcurrent())
             self._release_bytes(len(md.frame))
+            if self.listener.draining:
+                self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        """Draining: close as soon as nothing read is left unanswered.
+
+        These protocols have no GOAWAY; a busy client is never quiet, so waiting
+        for quiet would run out the drain timeout and cut requests in flight.
+        A request the client sends in this instant is not read, so it was not
+        processed and the client may retry it safely (Envoy drains the same way).
+        """
+        if not self.active and not self.partial_since and not self._greenlets:
+            self.close()
 
     def serve(self, md: Metadata, order: Any = None) -> bytearray:
         """Run one request through the chain; return its reply's bytes (empty if it has none)."""
