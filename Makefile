@@ -40,9 +40,9 @@ deps-apt:
 	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 
 # What the test suite needs from the area fragments (each installs only what is missing).
-# deps-wasm, deps-bench, deps-fuzz and deps-image are for `make wasm|bench|fuzz|image`: the tests
+# deps-wasm, deps-bench and deps-fuzz are for `make wasm|bench|fuzz`: the tests
 # use the committed .wasm files and need none of those toolchains.
-TEST_DEPS := deps-dubbo deps-lua deps-thrift deps-traffic deps-observability
+TEST_DEPS := deps-dubbo deps-lua deps-thrift deps-traffic deps-observability deps-image
 
 deps: venv deps-apt
 	@for t in $(TEST_DEPS); do $(MAKE) --no-print-directory $$t || exit 1; done
