@@ -35,10 +35,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer  # noqa: E402
-
 from metaproxy.message import MessageType  # noqa: E402
 from metaproxy.testing.harness import ProxyProcess  # noqa: E402
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer  # noqa: E402
 
 LUA = """
 function on_request(handle)

@@ -31,9 +31,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer  # noqa: E402
-
 from metaproxy.testing.harness import ProxyProcess, free_port  # noqa: E402
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer  # noqa: E402
 from tests.xds.helpers import ControlPlaneProcess, wait_until, write_docs  # noqa: E402
 
 NAME = "demo_9191"

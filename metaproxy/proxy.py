@@ -15,9 +15,9 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
+from metaproxy import server
 from metaproxy.config import ListenerConfig, ProxyConfig
 from metaproxy.observer import RequestObserver
-from metaproxy import server
 from metaproxy.server import Listener
 from metaproxy.stats import StatsStore
 from metaproxy.upstream.cluster import Cluster, ClusterManager

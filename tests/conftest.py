@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcServer
 
 from metaproxy.testing.harness import ProxyProcess
+from metaproxy_codecs.tinyrpc.sample import TinyRpcServer
 
 
 @pytest.fixture

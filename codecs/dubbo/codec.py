@@ -25,11 +25,10 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from metaproxy_codecs.dubbo import protocol as p
-from metaproxy_codecs.dubbo.hessian2 import COMPLEX, Hessian2Reader, HessianError, write_int, write_string
-
 from metaproxy.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec, CodecError, DecodeStatus, Direction, take
 from metaproxy.message import MessageType, Metadata, ProxyError, ResponseStatus
+from metaproxy_codecs.dubbo import protocol as p
+from metaproxy_codecs.dubbo.hessian2 import COMPLEX, Hessian2Reader, HessianError, write_int, write_string
 
 _ID = struct.Struct(">Q")
 _LEN = struct.Struct(">I")

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from metaproxy_codecs.thrift.wire import MAX_DEPTH, MessageHead, Short, check_mtype, decode_name
-
 from metaproxy.codec import CodecError
+from metaproxy_codecs.thrift.wire import MAX_DEPTH, MessageHead, Short, check_mtype, decode_name
 
 NAME = "binary"
 VERSION_1 = 0x80010000

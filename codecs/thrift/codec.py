@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction, take
+from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
 from metaproxy_codecs.thrift import binary, compact, header
 from metaproxy_codecs.thrift.detect import BINARY, COMPACT, FRAMED, HEADER, UNFRAMED, detect, detect_protocol
 from metaproxy_codecs.thrift.wire import (
@@ -28,9 +30,6 @@ from metaproxy_codecs.thrift.wire import (
     MessageHead,
     Short,
 )
-
-from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction, take
-from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
 
 AUTO = "auto"
 TRANSPORTS = (AUTO, FRAMED, UNFRAMED, HEADER)

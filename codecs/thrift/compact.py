@@ -6,9 +6,8 @@ read_app_exception, writers) so the codec does not care which one it has.
 
 from __future__ import annotations
 
-from metaproxy_codecs.thrift.wire import MAX_DEPTH, MessageHead, Short, check_mtype, decode_name
-
 from metaproxy.codec import CodecError
+from metaproxy_codecs.thrift.wire import MAX_DEPTH, MessageHead, Short, check_mtype, decode_name
 
 NAME = "compact"
 PROTOCOL_ID = 0x82

@@ -18,10 +18,9 @@ import struct
 import zlib
 from collections.abc import Mapping
 
+from metaproxy.codec import CodecError
 from metaproxy_codecs.thrift.compact import read_varint, varint
 from metaproxy_codecs.thrift.wire import Short
-
-from metaproxy.codec import CodecError
 
 MAGIC = 0x0FFF
 FIXED_SIZE = 14  # length, magic, flags, seq id, header words

@@ -24,10 +24,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
-
 from metaproxy.codec import DecodeStatus, Direction
 from metaproxy.message import MessageType, Metadata, ResponseStatus
+from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
 
 
 def encode_message(md: Metadata, body: bytes = b"") -> bytes:

@@ -13,14 +13,14 @@ from dubbo_ssl.codec.encoder import Object as SslObject
 from dubbo_ssl.codec.encoder import Request as SslRequest
 from dubbo_ssl.common.constants import CLI_HEARTBEAT_REQ_HEAD, CLI_HEARTBEAT_TAIL
 from dubbo_ssl.common.exceptions import DubboResponseException
-from metaproxy_codecs.dubbo import DubboCodec
-from metaproxy_codecs.dubbo import protocol as p
-from metaproxy_codecs.dubbo.codec import build_request, count_parameters
 from test_dubbo_hessian2 import run_node
 
 from metaproxy.codec import CodecError, DecodeStatus, Direction
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
 from metaproxy.testing.conformance import CodecConformance
+from metaproxy_codecs.dubbo import DubboCodec
+from metaproxy_codecs.dubbo import protocol as p
+from metaproxy_codecs.dubbo.codec import build_request, count_parameters
 
 
 @lru_cache(maxsize=1)

@@ -11,6 +11,7 @@ import pytest
 from dubbo_ssl.codec.decoder import Response as SslDecoder
 from dubbo_ssl.codec.encoder import Object as SslObject
 from dubbo_ssl.codec.encoder import Request as SslEncoder
+
 from metaproxy_codecs.dubbo.hessian2 import COMPLEX, Hessian2Reader, HessianError, write_int, write_string
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"

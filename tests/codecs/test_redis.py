@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from metaproxy_codecs.redis import RedisCodec
 from redis.connection import Encoder, PythonRespSerializer
 
 from metaproxy.codec import CodecError, DecodeStatus, Direction
 from metaproxy.message import MessageType, Metadata, ResponseStatus
 from metaproxy.testing.conformance import CodecConformance
+from metaproxy_codecs.redis import RedisCodec
 
 _serializer = PythonRespSerializer(1 << 20, Encoder("utf-8", "strict", False).encode)
 

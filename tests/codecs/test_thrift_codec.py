@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from metaproxy_codecs.thrift import ThriftCodec
 from test_thrift_conformance import ITEM, KITCHEN_SINK, message
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.TCompactProtocol import TCompactProtocol
@@ -21,6 +20,7 @@ from thrift.transport.TTransport import TFramedTransport, TMemoryBuffer
 
 from metaproxy.codec import CodecError, DecodeStatus, Direction
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
+from metaproxy_codecs.thrift import ThriftCodec
 
 SHAPES = [("framed", "binary"), ("framed", "compact"), ("unframed", "binary"), ("unframed", "compact"),
           ("header", "binary"), ("header", "compact")]

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from metaproxy_codecs.thrift import ThriftCodec
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.TCompactProtocol import TCompactProtocol
 from thrift.protocol.THeaderProtocol import THeaderProtocol
@@ -21,6 +20,7 @@ from thrift.transport.THeaderTransport import THeaderClientType, THeaderSubproto
 from thrift.transport.TTransport import TFramedTransport, TMemoryBuffer
 
 from metaproxy.testing.conformance import CodecConformance
+from metaproxy_codecs.thrift import ThriftCodec
 
 # -- values: (ttype, value); struct = [(fid, ttype, value)], list/set = (etype, [v]), map = (kt, vt, [(k, v)])
 Struct = list[tuple[int, int, Any]]

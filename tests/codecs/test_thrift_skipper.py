@@ -12,12 +12,12 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from metaproxy_codecs.thrift import ThriftCodec
 from test_thrift_conformance import message
 from thrift.Thrift import TMessageType, TType
 
 from metaproxy.codec import DecodeStatus
 from metaproxy.message import Metadata
+from metaproxy_codecs.thrift import ThriftCodec
 
 _LEAVES = {
     TType.BOOL: st.booleans(),

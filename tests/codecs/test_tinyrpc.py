@@ -1,9 +1,8 @@
 """tinyrpc passes the conformance kit, and its header mutations behave."""
 
-from metaproxy_codecs.tinyrpc import TinyRpcCodec
-
 from metaproxy.message import MessageType, Metadata
 from metaproxy.testing.conformance import CodecConformance
+from metaproxy_codecs.tinyrpc import TinyRpcCodec
 
 
 def _frame(**fields) -> bytes:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer
 
 from metaproxy.message import ResponseStatus
 from metaproxy.testing.harness import free_port, wait_for_port
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer
 from tests.e2e.thrift_support.peers import EchoClient, EchoServer
 
 pytestmark = pytest.mark.slow

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer
 
 from metaproxy.message import MessageType, ResponseStatus
 from metaproxy.testing.harness import ProxyProcess, free_port
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer
 from tests.conftest import tinyrpc_listener
 
 pytestmark = pytest.mark.slow

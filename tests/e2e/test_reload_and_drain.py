@@ -8,9 +8,9 @@ import time
 
 import pytest
 import yaml
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.testing.harness import free_port, wait_for_port
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 
 pytestmark = pytest.mark.slow

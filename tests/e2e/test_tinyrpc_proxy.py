@@ -7,9 +7,9 @@ import struct
 import threading
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.message import MessageType
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,6 @@ from typing import Any
 from dubbo_ssl.codec.encoder import Object as HessianObject
 from dubbo_ssl.codec.encoder import Request as DubboRequest
 from hypothesis import strategies as st
-from metaproxy_codecs.tinyrpc.sample import encode_message
 from redis.connection import Encoder, PythonRespSerializer
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.protocol.TCompactProtocol import TCompactProtocol
@@ -30,6 +29,7 @@ from thrift.transport.TTransport import TFramedTransport, TMemoryBuffer
 
 from metaproxy.codec import Direction
 from metaproxy.message import MessageType, Metadata, ResponseStatus
+from metaproxy_codecs.tinyrpc.sample import encode_message
 
 
 @dataclass

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction
+from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
 from metaproxy_codecs.dubbo import DubboCodec
 from metaproxy_codecs.redis import RedisCodec
 from metaproxy_codecs.thrift import ThriftCodec
 from metaproxy_codecs.tinyrpc import TinyRpcCodec
-
-from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction
-from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
 
 CODECS: dict[str, type[Codec]] = {"tinyrpc": TinyRpcCodec, "thrift": ThriftCodec, "dubbo": DubboCodec,
                                   "redis": RedisCodec}

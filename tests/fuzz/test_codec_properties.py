@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from metaproxy.codec import Codec, DecodeStatus
+from metaproxy.message import Metadata
 from metaproxy_codecs.dubbo import DubboCodec
 from metaproxy_codecs.redis import RedisCodec
 from metaproxy_codecs.thrift import ThriftCodec
 from metaproxy_codecs.tinyrpc import TinyRpcCodec
-
-from metaproxy.codec import Codec, DecodeStatus
-from metaproxy.message import Metadata
 from tests.fuzz import messages as m
 from tests.fuzz.props import FAST, check_arbitrary, check_round_trip, check_splits, make, mutate, same_side
 

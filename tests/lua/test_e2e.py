@@ -6,9 +6,9 @@ import threading
 import time
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.message import MessageType
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 from tests.lua.conftest import SAMPLES, write_atomic
 

@@ -6,8 +6,8 @@ import json
 import signal
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 from tests.observability.util import admin, sample, samples
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 from tests.observability.util import TRACEPARENT, read_lines
 

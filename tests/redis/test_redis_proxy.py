@@ -122,7 +122,7 @@ def test_pipelines_share_one_upstream_connection_per_client(two_redis):
     before = users.info("clients")["connected_clients"]
     for _ in range(5):
         pipe = client.pipeline(transaction=False)
-        for i in range(64):
+        for _ in range(64):
             pipe.incr("user:count")
         assert pipe.execute()[-1] % 64 == 0
     assert users.info("clients")["connected_clients"] - before <= 1

@@ -7,11 +7,10 @@ import struct
 import threading
 from collections.abc import Callable
 
-from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
-from metaproxy_codecs.tinyrpc.sample import encode_message
-
 from metaproxy.codec import DecodeStatus, Direction
 from metaproxy.message import MessageType, Metadata, ResponseStatus
+from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
+from metaproxy_codecs.tinyrpc.sample import encode_message
 
 #: behaviour(sock, request metadata) -> False to stop serving this connection
 Behaviour = Callable[[socket.socket, Metadata], bool]

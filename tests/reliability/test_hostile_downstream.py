@@ -14,9 +14,9 @@ import threading
 import time
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, encode_message
 
 from metaproxy.message import MessageType, Metadata
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, encode_message
 from tests.reliability.util import closed_by_peer, config, rss_kib, served, stat, wait_stat, wait_until
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.message import MessageType
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.reliability import rawserver
 from tests.reliability.rawserver import RawServer
 from tests.reliability.util import config, stat, wait_stat

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.message import MessageType
 from metaproxy.wasm.filter import WasmFilter
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.reliability.util import config
 
 pytestmark = pytest.mark.slow

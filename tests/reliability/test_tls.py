@@ -9,11 +9,11 @@ import ssl
 from typing import Any
 
 import pytest
-from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer, encode_message
 
 from metaproxy.codec import Direction
 from metaproxy.message import MessageType, Metadata
+from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient, TinyRpcServer, encode_message
 from tests.reliability.certs import CertificateAuthority, Pair
 from tests.reliability.util import served
 

@@ -9,10 +9,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
-
 from metaproxy.message import MessageType
 from metaproxy.testing.harness import ProxyProcess
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 
 def stats(proxy: ProxyProcess) -> dict[str, float]:

@@ -6,9 +6,8 @@ import json
 import subprocess
 import sys
 
-from metaproxy_codecs.tinyrpc.sample import encode_message
-
 from metaproxy.message import MessageType, Metadata
+from metaproxy_codecs.tinyrpc.sample import encode_message
 
 
 def metaproxy(*args: str, stdin: bytes | None = None, cwd=None, env=None) -> subprocess.CompletedProcess:

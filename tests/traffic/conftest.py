@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import redis
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.message import MessageType, Metadata
 from metaproxy.testing.harness import free_port
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.traffic.rls_server import Rule, serve
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 from tests.traffic.conftest import burst, is_error
 from tests.traffic.rls_server import Rule

@@ -7,7 +7,6 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
 
 from metaproxy.codec import Direction
 from metaproxy.config import HealthCheckConfig, OutlierDetectionConfig
@@ -16,6 +15,7 @@ from metaproxy.stats import ClusterStats, StatsStore
 from metaproxy.upstream.endpoint import Endpoint
 from metaproxy.upstream.health import HealthChecker, OutlierDetector, heartbeat_check, tcp_check
 from metaproxy.upstream.pool import CONNECT_FAILURE, OVERFLOW, PROTOCOL_ERROR, TIMEOUT
+from metaproxy_codecs.tinyrpc.codec import TinyRpcCodec
 
 
 def _cluster(n: int, ports: list[int] | None = None) -> SimpleNamespace:

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.testing.harness import free_port, wait_for_port
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 from tests.traffic.conftest import is_error, wait_until
 

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 import yaml
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.message import MessageType
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.conftest import tinyrpc_listener
 from tests.wasm.conftest import sample
 

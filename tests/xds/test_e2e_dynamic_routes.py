@@ -16,11 +16,11 @@ from collections import Counter
 import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
-from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 from metaproxy.controlplane.app import ControlPlane
 from metaproxy.message import MessageType
 from metaproxy.testing.harness import free_port
+from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.xds.helpers import ControlPlaneProcess, meta_router, wait_until, write_docs
 
 pytestmark = pytest.mark.slow
