@@ -217,7 +217,7 @@ class MultiplexConnection:
         result = call.wait(timeout)
         if result is _TIMED_OUT:
             self.pending.pop(upstream_id, None)
-            raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
+            raise _timed_out(timeout)
         if isinstance(result, ProxyError):
             raise result
         return result
@@ -297,8 +297,8 @@ class MultiplexConnection:
             reader.kill(block=False)
 
 
-class MultiplexPool:
-    """Up to ``size`` connections to one endpoint; each request goes to the least busy one."""
+class _Pool:
+    """What both pool shapes share: the endpoint, how to make codecs, the cluster's limits and stats."""
 
     def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
                  limits: Limits, connect_timeout: float, tls: UpstreamTls | None = None) -> None:
@@ -309,6 +309,25 @@ class MultiplexPool:
         self.stats = stats
         self.limits = limits
         self.connect_timeout = connect_timeout
+
+
+def _failure(exc: Exception, stats: ClusterStats) -> ProxyError:
+    """The ProxyError for a connection that broke (OSError) or answered garbage (CodecError)."""
+    if isinstance(exc, CodecError):
+        stats.upstream_rq_decoding_error.inc()
+        return ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR)
+    return ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET)
+
+
+def _timed_out(timeout: float | None) -> ProxyError:
+    return ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
+
+
+class MultiplexPool(_Pool):
+    """Up to ``size`` connections to one endpoint; each request goes to the least busy one."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.connections: list[MultiplexConnection] = []
 
     def _pick(self) -> MultiplexConnection:
@@ -432,18 +451,12 @@ class SendOrder:
                 waiter.hub.loop.run_callback(waiter.switch, None)
 
 
-class ExclusivePool:
-    """Idle connections to one endpoint, each lent to one request at a time."""
+class ExclusivePool(_Pool):
+    """Idle connections to one endpoint, each lent to one request at a time (or leased to a client)."""
 
-    def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
-                 limits: Limits, connect_timeout: float, tls: UpstreamTls | None = None) -> None:
-        self.endpoint = endpoint
-        self.tls = tls
-        self.codec_factory = codec_factory
-        self.stats = stats
-        self.limits = limits
-        self.connect_timeout = connect_timeout
-        self.max_idle = max(size, 16)
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.max_idle = max(self.size, 16)
         self.idle: list[ExclusiveConnection] = []
 
     def _acquire(self) -> ExclusiveConnection:
@@ -496,17 +509,13 @@ class ExclusivePool:
                 for t in session:  # replies to the replayed session commands: read and dropped
                     self._read_turn(conn, t)
                 return None if ticket is None else self._read_turn(conn, ticket)
-            except CodecError as exc:
-                self.stats.upstream_rq_decoding_error.inc()
+            except (CodecError, OSError) as exc:
                 self._drop(conn, leases)
-                raise ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR) from None
-            except OSError as exc:
-                self._drop(conn, leases)
-                raise ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET) from None
+                raise _failure(exc, self.stats) from None
         # the Timeout expired (False: no exception raised inside the block)
         if conn is not None:
             self._drop(conn, leases)
-        raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
+        raise _timed_out(timeout)
 
     def _read_turn(self, conn: ExclusiveConnection, ticket: int) -> Metadata:
         conn.wait_turn(ticket)
@@ -524,16 +533,12 @@ class ExclusivePool:
                 md = None if oneway else self._read_one(conn)
                 self._release(conn)
                 return md
-            # the Timeout expired (False: no exception raised inside the block)
+        except (CodecError, OSError) as exc:
             self._discard(conn)
-            raise ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
-        except CodecError as exc:
-            self.stats.upstream_rq_decoding_error.inc()
-            self._discard(conn)
-            raise ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR) from None
-        except OSError as exc:
-            self._discard(conn)
-            raise ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET) from None
+            raise _failure(exc, self.stats) from None
+        # the Timeout expired (False: no exception raised inside the block)
+        self._discard(conn)
+        raise _timed_out(timeout)
 
     def _drop(self, conn: ExclusiveConnection, leases: dict | None) -> None:
         if leases is not None and leases.get(self) is conn:
