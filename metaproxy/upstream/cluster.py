@@ -33,7 +33,7 @@ class Cluster:
         self.balancer = make_balancer(config.lb_policy)
         self.balancer.rebuild(self.endpoints)
         cb = config.circuit_breakers
-        self.limits = Limits(cb.max_connections, cb.max_requests)
+        self.limits = Limits(cb.max_connections, cb.max_requests, cb.max_pending_requests)
         self.active_requests = 0
         self.active_retries = 0
         #: Pools by (endpoint address, protocol key): one cluster may serve several listeners.

@@ -51,15 +51,28 @@ SESSION_KEY = "__session__"
 
 
 class Limits:
-    """Cluster-wide circuit-breaker counters shared by every pool of a cluster."""
+    """Cluster-wide circuit-breaker counters shared by every pool of a cluster.
 
-    __slots__ = ("max_connections", "max_requests", "connections", "requests")
+    ``pending`` counts requests waiting for an upstream connection to be
+    established (the only place a request queues: pools never wait for a
+    busy connection, they open another up to ``max_connections``).
+    """
 
-    def __init__(self, max_connections: int, max_requests: int) -> None:
+    __slots__ = ("max_connections", "max_requests", "max_pending", "connections", "requests", "pending")
+
+    def __init__(self, max_connections: int, max_requests: int, max_pending: int = 1024) -> None:
         self.max_connections = max_connections
         self.max_requests = max_requests
+        self.max_pending = max_pending
         self.connections = 0
         self.requests = 0
+        self.pending = 0
+
+    def start_pending(self, stats: ClusterStats) -> None:
+        if self.pending >= self.max_pending:
+            stats.upstream_rq_pending_overflow.inc()
+            raise ProxyError(ErrorType.OVER_LIMIT, "too many requests waiting for an upstream connection", OVERFLOW)
+        self.pending += 1
 
 
 def _connect_error(endpoint: Endpoint, exc: BaseException) -> ProxyError:
@@ -178,18 +191,22 @@ class MultiplexConnection:
     def _ensure_connected(self) -> None:
         if self.sock is not None:
             return
-        if self._connecting is not None:  # another request is connecting: wait for it
-            self._connecting.get()
-            return
-        self._connecting = AsyncResult()
+        self.limits.start_pending(self.stats)  # waiting for a connection: max_pending_requests
         try:
-            self.sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits, self.tls)
-        except ProxyError as err:
-            self.closed = True
-            self._connecting.set_exception(err)
-            raise
-        self._connecting.set(None)
-        self._reader = gevent.spawn(self._read_loop)
+            if self._connecting is not None:  # another request is connecting: wait for it
+                self._connecting.get()
+                return
+            self._connecting = AsyncResult()
+            try:
+                self.sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits, self.tls)
+            except ProxyError as err:
+                self.closed = True
+                self._connecting.set_exception(err)
+                raise
+            self._connecting.set(None)
+            self._reader = gevent.spawn(self._read_loop)
+        finally:
+            self.limits.pending -= 1
 
     def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
         self._ensure_connected()
@@ -462,7 +479,11 @@ class ExclusivePool(_Pool):
     def _acquire(self) -> ExclusiveConnection:
         if self.idle:
             return self.idle.pop()
-        sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits, self.tls)
+        self.limits.start_pending(self.stats)  # waiting for a connection: max_pending_requests
+        try:
+            sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits, self.tls)
+        finally:
+            self.limits.pending -= 1
         return ExclusiveConnection(sock, self.codec_factory())
 
     def _discard(self, conn: ExclusiveConnection) -> None:
