@@ -131,8 +131,8 @@ class FilterChain:
     """Filters in config order: requests run forward, responses in reverse.
 
     ``run_request`` returns the ProxyError that stopped the chain, or None.
-    ``on_response`` hooks run only when an upstream response arrived, and only
-    for filters whose ``on_request`` ran.
+    ``on_response`` hooks run only when an upstream response arrived (so every
+    filter's ``on_request`` ran: the router is last).
     """
 
     __slots__ = ("filters", "_request_hooks", "_response_hooks")
@@ -143,10 +143,8 @@ class FilterChain:
         self._request_hooks: list[Callable[[RequestContext], Any]] = [
             f.on_request for f in self.filters if type(f).on_request is not Filter.on_request
         ]
-        self._response_hooks: list[tuple[int, Callable[[RequestContext], Any]]] = [
-            (i, f.on_response)
-            for i, f in enumerate(self.filters)
-            if type(f).on_response is not Filter.on_response
+        self._response_hooks: list[Callable[[RequestContext], Any]] = [
+            f.on_response for f in reversed(self.filters) if type(f).on_response is not Filter.on_response
         ]
 
     def run_request(self, ctx: RequestContext) -> ProxyError | None:
@@ -162,7 +160,7 @@ class FilterChain:
         return None
 
     def run_response(self, ctx: RequestContext) -> None:
-        for _index, hook in reversed(self._response_hooks):
+        for hook in self._response_hooks:
             hook(ctx)
 
     def close(self) -> None:
