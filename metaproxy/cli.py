@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 
 def _patch() -> None:
@@ -29,14 +30,21 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def load_or_report(path: str) -> Any:
+    """The config at ``path``, or None after printing every problem to stderr."""
     from metaproxy.config import ConfigError, load_config
 
     try:
-        config = load_config(args.config)
+        return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = load_or_report(args.config)
+    if config is None:
         return 1
     # Filters validate their own options when built: build them, then let go.
     from metaproxy.server import Listener
@@ -72,13 +80,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     _patch()
     _logging(args.log_level)
-    from metaproxy.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return 1
     workers = config.workers
     if workers != 1 and not args.single:

@@ -571,15 +571,12 @@ def worker_main(argv: list[str] | None = None) -> int:
     worker = os.environ.get("METAPROXY_WORKER", "?")
     for handler in logging.getLogger().handlers:  # the workers share the supervisor's stderr: say whose line
         handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {worker}] %(name)s: %(message)s"))
-    from metaproxy.config import ConfigError, load_config
+    from metaproxy.cli import load_or_report
     from metaproxy.proxy import Proxy
     from metaproxy.settings import parse_address
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    config = load_or_report(args.config)
+    if config is None:
         return 1
     config.admin_address = parse_address(args.admin)
     config.workers = 1

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,18 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{host}:{port} not ready after {timeout}s") from None
             time.sleep(0.02)
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; return it, or fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 def _assign_port(address: str) -> str:

@@ -30,7 +30,7 @@ def _unanswered_listener() -> tuple[socket.socket, list[socket.socket]]:
 def test_requests_past_max_pending_get_over_limit_at_once(proxy):
     server, fillers = _unanswered_listener()
     try:
-        address = "%s:%d" % server.getsockname()
+        address = "{}:{}".format(*server.getsockname())
         p = proxy({
             "listeners": [tinyrpc_listener([{"name": "all", "route": {"cluster": "slow", "timeout": "5s"}}])],
             "clusters": [{"name": "slow", "endpoints": [address], "connect_timeout": "1500ms",

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from metaproxy.testing.harness import ProxyProcess
+from metaproxy.testing.harness import ProxyProcess, wait_until
 
 
 def admin(proxy: ProxyProcess, path: str, method: str = "GET") -> tuple[int, str]:
@@ -40,17 +37,6 @@ def sample(values: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
     assert key in values, f"no sample {name}{labels}; have {sorted(k[0] for k in values if k[0].startswith(name))}"
     return values[key]
 
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; return it, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def read_lines(path: Path, count: int, timeout: float = 10.0) -> list[str]:

@@ -6,11 +6,10 @@ import os
 import socket
 import time
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 from metaproxy.message import MessageType
-from metaproxy.testing.harness import ProxyProcess
+from metaproxy.testing.harness import ProxyProcess, wait_until
 from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 
 
@@ -36,17 +35,6 @@ def stat(proxy: ProxyProcess, name: str) -> float:
 def wait_stat(proxy: ProxyProcess, name: str, at_least: float = 1, timeout: float = 10.0) -> float:
     return wait_until(lambda: stat(proxy, name) >= at_least and stat(proxy, name), timeout, f"{name} >= {at_least}")
 
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``check`` until it returns something truthy; return it, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def rss_kib(pid: int) -> int:
