@@ -104,6 +104,7 @@ class SoakReport:
     reloads_applied: int = 0  # the proxy's own count (admin stat server.reload)
     filter_reloads: int = 0
     filter_versions_seen: int = 0  # fewest distinct Lua versions any header-carrying protocol saw
+    upstream: dict[str, int] = field(default_factory=dict)  # UPSTREAM_STATS of every cluster, at the end
 
     @property
     def rss_growth(self) -> float:
@@ -126,6 +127,8 @@ class SoakReport:
         for name, tally in self.per_protocol.items():
             lines.append(f"  {name}: {tally['requests']} requests, {tally['errors']} errors, "
                          f"served by {tally['served_by']}, Lua versions seen {tally['versions_seen']}")
+        if self.upstream:
+            lines.append("  upstream: " + ", ".join(f"{k} {v}" for k, v in sorted(self.upstream.items())))
         lines += [f"  error: {e}" for e in self.error_samples]
         return "\n".join(lines)
 
@@ -142,14 +145,23 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def _stat(proxy: ProxyProcess, name: str) -> float:
+def _stats(proxy: ProxyProcess) -> dict[str, float]:
+    """The proxy's admin /stats (``name: value`` lines; histograms are skipped)."""
     host, port = proxy.admin_address
+    found = {}
     with urllib.request.urlopen(f"http://{host}:{port}/stats", timeout=10) as resp:
         for line in resp.read().decode().splitlines():
             key, _, value = line.partition(": ")
-            if key == name:
-                return float(value)
-    return 0.0
+            try:
+                found[key] = float(value)
+            except ValueError:
+                continue
+    return found
+
+
+#: Per-cluster stats reported: connections opened (more than connections_per_endpoint means some were closed
+#: under the proxy, e.g. by an upstream's idle timeout) and connections that closed with requests in flight.
+UPSTREAM_STATS = ("upstream_cx_total", "upstream_cx_destroy_with_active_rq")
 
 
 # -- the clients: one call returns (upstream that served it, Lua version or None) ---------------------------
@@ -437,7 +449,10 @@ def run_soak(seconds: float, workdir: str | None = None, clients: int | dict[str
                 last, last_counts = now, counts
             time.sleep(0.05)
         report.rss_end_kib, report.fds_end = rss_kib(pid), fd_count(pid)  # same clients connected as at start
-        report.reloads_applied = int(_stat(proxy, "server.reload"))
+        stats = _stats(proxy)
+        report.reloads_applied = int(stats.get("server.reload", 0))
+        report.upstream = {key: int(value) for key, value in stats.items()
+                           if key.startswith("cluster.") and key.endswith(UPSTREAM_STATS) and value}
         load.join()
         with load.lock:
             for name, tally in load.tallies.items():
