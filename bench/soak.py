@@ -337,8 +337,10 @@ def proxy_config(upstreams: dict[str, tuple[str, str]], lua_dir: Path, weight_a:
     }
     clusters = []
     for name, (a, b) in upstreams.items():
-        clusters += [{"name": f"{name}-a", "endpoints": [a], "connect_timeout": "1s"},
-                     {"name": f"{name}-b", "endpoints": [b], "connect_timeout": "1s"}]
+        # idle_timeout below thriftpy2's 3 s server-side cutoff: the proxy closes idle pooled
+        # connections first (the race the first 30-minute run found; docs/reliability.md).
+        clusters += [{"name": f"{name}-a", "endpoints": [a], "connect_timeout": "1s", "idle_timeout": "2s"},
+                     {"name": f"{name}-b", "endpoints": [b], "connect_timeout": "1s", "idle_timeout": "2s"}]
     return {
         "admin": {"address": "127.0.0.1:0"},
         "listeners": [_listener(name, protocols[name], lua_dir, weight_a) for name in upstreams],

@@ -116,6 +116,7 @@ class ClusterConfig:
     lb_policy: str = "round_robin"
     connect_timeout: float = 1.0
     connections_per_endpoint: int = 2
+    idle_timeout: float = 60.0
     circuit_breakers: CircuitBreakers = field(default_factory=CircuitBreakers)
     health_check: HealthCheckConfig | None = None
     outlier_detection: OutlierDetectionConfig | None = None
@@ -314,6 +315,7 @@ def _read_cluster(sec: Section) -> ClusterConfig | None:
         lb_policy=lb or "round_robin",
         connect_timeout=sec.take("connect_timeout", "duration", 1.0),
         connections_per_endpoint=sec.take("connections_per_endpoint", int, 2, _positive),
+        idle_timeout=sec.take("idle_timeout", "duration", 60.0, _positive),
         circuit_breakers=cb,
         health_check=hc,
         outlier_detection=od,

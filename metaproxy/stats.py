@@ -200,6 +200,7 @@ class ClusterStats:
         self.upstream_cx_connect_timeout = c(scope, "upstream_cx_connect_timeout")
         self.upstream_cx_destroy_with_active_rq = c(scope, "upstream_cx_destroy_with_active_rq")
         self.upstream_cx_overflow = c(scope, "upstream_cx_overflow")
+        self.upstream_cx_idle_timeout = c(scope, "upstream_cx_idle_timeout")
         self.upstream_rq_decoding_error = c(scope, "upstream_rq_decoding_error")
         self.upstream_rq_unknown_id = c(scope, "upstream_rq_unknown_id")
         self.membership_healthy = g(scope, "membership_healthy")

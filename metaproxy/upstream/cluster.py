@@ -92,7 +92,7 @@ class Cluster:
                 self.codec_factory = codec_factory
             kind = MultiplexPool if multiplexing else ExclusivePool
             pool = kind(endpoint, codec_factory, self.config.connections_per_endpoint, self.stats, self.limits,
-                        self.config.connect_timeout, self.tls)
+                        self.config.connect_timeout, self.tls, self.config.idle_timeout)
             self._pools[key] = pool
         return pool
 

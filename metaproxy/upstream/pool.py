@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 
 import gevent
@@ -187,6 +188,7 @@ class MultiplexConnection:
         #: same loop iteration leave in one send (fewer syscalls under load).
         self._out = bytearray()
         self._batching = False
+        self.last_used = time.monotonic()
 
     def _ensure_connected(self) -> None:
         if self.sock is not None:
@@ -210,6 +212,7 @@ class MultiplexConnection:
 
     def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
         self._ensure_connected()
+        self.last_used = time.monotonic()
         self.next_id = self.next_id + 1 if self.next_id < MAX_UPSTREAM_ID else 1
         upstream_id = self.next_id
         downstream_id = metadata.get("request_id")
@@ -318,7 +321,8 @@ class _Pool:
     """What both pool shapes share: the endpoint, how to make codecs, the cluster's limits and stats."""
 
     def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
-                 limits: Limits, connect_timeout: float, tls: UpstreamTls | None = None) -> None:
+                 limits: Limits, connect_timeout: float, tls: UpstreamTls | None = None,
+                 idle_timeout: float = 60.0) -> None:
         self.endpoint = endpoint
         self.tls = tls
         self.codec_factory = codec_factory
@@ -326,6 +330,9 @@ class _Pool:
         self.stats = stats
         self.limits = limits
         self.connect_timeout = connect_timeout
+        #: A pooled connection unused this long is closed by the proxy before the upstream's own
+        #: idle cutoff can race a request written on it (set it below the upstream's cutoff).
+        self.idle_timeout = idle_timeout
 
 
 def _failure(exc: Exception, stats: ClusterStats) -> ProxyError:
@@ -350,8 +357,13 @@ class MultiplexPool(_Pool):
     def _pick(self) -> MultiplexConnection:
         conns = self.connections
         best = None
+        idle_before = time.monotonic() - self.idle_timeout
         for conn in conns:
             if conn.closed:
+                continue
+            if not conn.pending and conn.sock is not None and conn.last_used < idle_before:
+                self.stats.upstream_cx_idle_timeout.inc()
+                conn.close()
                 continue
             if best is None or len(conn.pending) < len(best.pending):
                 best = conn
@@ -393,6 +405,7 @@ class ExclusiveConnection:
         self.sock = sock
         self.codec = codec
         self.buffer = bytearray()
+        self.last_used = time.monotonic()
         self.out = bytearray()
         self.batching = False
         self.next_ticket = 0
@@ -477,8 +490,13 @@ class ExclusivePool(_Pool):
         self.idle: list[ExclusiveConnection] = []
 
     def _acquire(self) -> ExclusiveConnection:
-        if self.idle:
-            return self.idle.pop()
+        idle_before = time.monotonic() - self.idle_timeout
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.last_used >= idle_before:
+                return conn
+            self.stats.upstream_cx_idle_timeout.inc()
+            self._discard(conn)
         self.limits.start_pending(self.stats)  # waiting for a connection: max_pending_requests
         try:
             sock = _open_socket(self.endpoint, self.connect_timeout, self.stats, self.limits, self.tls)
@@ -587,6 +605,7 @@ class ExclusivePool(_Pool):
             buffer += SCRATCH_VIEW[:n]
 
     def _release(self, conn: ExclusiveConnection) -> None:
+        conn.last_used = time.monotonic()
         if conn.buffer or len(self.idle) >= self.max_idle:
             self._discard(conn)  # unexpected extra bytes, or enough idle: do not reuse
         else:
