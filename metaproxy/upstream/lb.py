@@ -30,14 +30,8 @@ def _avoiding(endpoints: Sequence[Endpoint], exclude: Sequence[Endpoint]) -> Seq
     return rest or endpoints
 
 
-class RoundRobin:
-    """Weighted round robin by expanding weights into a repeating schedule."""
-
-    def __init__(self) -> None:
-        self._index = 0
-        self._weights_of: object = None
-        self._total = 0
-        self._uniform = True
+class _Unhashed:
+    """Balancers that ignore the hash key: the shared preamble (avoid tried endpoints, one left)."""
 
     def rebuild(self, endpoints: Sequence[Endpoint]) -> None:
         pass
@@ -49,6 +43,22 @@ class RoundRobin:
             return None
         if len(candidates) == 1:
             return candidates[0]
+        return self.pick(candidates)
+
+    def pick(self, candidates: Sequence[Endpoint]) -> Endpoint:
+        raise NotImplementedError
+
+
+class RoundRobin(_Unhashed):
+    """Weighted round robin over a repeating schedule of the weights."""
+
+    def __init__(self) -> None:
+        self._index = 0
+        self._weights_of: object = None
+        self._total = 0
+        self._uniform = True
+
+    def pick(self, candidates: Sequence[Endpoint]) -> Endpoint:
         if self._weights_of is not candidates:  # weights summed once per rotation list, not per request
             self._weights_of = candidates
             self._total = sum(e.weight for e in candidates)
@@ -64,31 +74,15 @@ class RoundRobin:
         return candidates[-1]
 
 
-class RandomLB:
-    def rebuild(self, endpoints: Sequence[Endpoint]) -> None:
-        pass
-
-    def choose(self, endpoints: Sequence[Endpoint], hash_key: str | None,
-               exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
-        candidates = _avoiding(endpoints, exclude)
-        if not candidates:
-            return None
+class RandomLB(_Unhashed):
+    def pick(self, candidates: Sequence[Endpoint]) -> Endpoint:
         return random.choices(candidates, weights=[e.weight for e in candidates])[0]
 
 
-class LeastRequest:
+class LeastRequest(_Unhashed):
     """Power of two choices on active requests (Envoy's default least_request)."""
 
-    def rebuild(self, endpoints: Sequence[Endpoint]) -> None:
-        pass
-
-    def choose(self, endpoints: Sequence[Endpoint], hash_key: str | None,
-               exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
-        candidates = _avoiding(endpoints, exclude)
-        if not candidates:
-            return None
-        if len(candidates) == 1:
-            return candidates[0]
+    def pick(self, candidates: Sequence[Endpoint]) -> Endpoint:
         a, b = random.sample(candidates, 2)
         return a if a.active_requests / a.weight <= b.active_requests / b.weight else b
 
