@@ -392,6 +392,49 @@ class MultiplexPool(_Pool):
         self.connections = []
 
 
+class Turns:
+    """Numbered turns taken in order: ``wait(n)`` until turn n comes, ``done(n)`` passes it on.
+
+    Pipelined requests use it twice: to reach an upstream in the client's
+    order (SendOrder) and to read their responses in the order they were
+    sent (ExclusiveConnection). ``abort`` fails everyone still waiting.
+    """
+
+    __slots__ = ("current", "broken", "_waiters")
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.broken = False
+        self._waiters: dict[int, Waiter] = {}
+
+    def wait(self, n: int) -> None:
+        while self.current < n:
+            if self.broken:
+                raise ConnectionResetError("pipelined upstream connection was dropped")
+            waiter = Waiter()
+            self._waiters[n] = waiter
+            waiter.get()
+
+    def done(self, n: int) -> None:
+        if n >= self.current:
+            self.current = n + 1
+            waiter = self._waiters.pop(self.current, None)
+            if waiter is not None:
+                waiter.hub.loop.run_callback(waiter.switch, None)
+
+    def abort(self) -> None:
+        self.broken = True
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            waiter.hub.loop.run_callback(waiter.switch, None)
+
+
+#: The requests of one pipelined batch reach their upstream in the order the client sent them:
+#: each waits for its place in the batch before queueing its bytes, and passes it on right after
+#: (a request answered locally passes it on when it ends).
+SendOrder = Turns
+
+
 class ExclusiveConnection:
     """A connection whose responses come back in request order.
 
@@ -409,36 +452,21 @@ class ExclusiveConnection:
         self.out = bytearray()
         self.batching = False
         self.next_ticket = 0
-        self.reading = 0
-        self.broken = False
-        self._turns: dict[int, Waiter] = {}
+        self.turns = Turns()
         self._write_lock = Semaphore()
+
+    @property
+    def broken(self) -> bool:
+        return self.turns.broken
 
     def take_ticket(self) -> int:
         ticket = self.next_ticket
         self.next_ticket += 1
         return ticket
 
-    def wait_turn(self, ticket: int) -> None:
-        while self.reading != ticket:
-            if self.broken:
-                raise ConnectionResetError("pipelined upstream connection was dropped")
-            waiter = Waiter()
-            self._turns[ticket] = waiter
-            waiter.get()
-
-    def end_turn(self) -> None:
-        self.reading += 1
-        waiter = self._turns.pop(self.reading, None)
-        if waiter is not None:
-            waiter.hub.loop.run_callback(waiter.switch, None)
-
     def break_pipeline(self) -> None:
         """The response stream can no longer be trusted: wake every waiting request to fail."""
-        self.broken = True
-        turns, self._turns = self._turns, {}
-        for waiter in turns.values():
-            waiter.hub.loop.run_callback(waiter.switch, None)
+        self.turns.abort()
 
     def flush(self) -> None:
         """Yield once so the other requests of a pipeline join, then write them all."""
@@ -451,34 +479,6 @@ class ExclusiveConnection:
         if data:
             with self._write_lock:
                 send_all(self.sock, data)
-
-
-class SendOrder:
-    """Requests of one pipelined batch reach their upstream in the order the client sent them.
-
-    Each request of the batch has a sequence number; it waits for its turn
-    before queueing its bytes upstream and passes the turn on right after
-    (a request answered locally passes it on when it ends).
-    """
-
-    __slots__ = ("next", "_waiters")
-
-    def __init__(self) -> None:
-        self.next = 0
-        self._waiters: dict[int, Waiter] = {}
-
-    def wait(self, seq: int) -> None:
-        while self.next < seq:
-            waiter = Waiter()
-            self._waiters[seq] = waiter
-            waiter.get()
-
-    def done(self, seq: int) -> None:
-        if seq >= self.next:
-            self.next = seq + 1
-            waiter = self._waiters.pop(self.next, None)
-            if waiter is not None:
-                waiter.hub.loop.run_callback(waiter.switch, None)
 
 
 class ExclusivePool(_Pool):
@@ -557,9 +557,9 @@ class ExclusivePool(_Pool):
         raise _timed_out(timeout)
 
     def _read_turn(self, conn: ExclusiveConnection, ticket: int) -> Metadata:
-        conn.wait_turn(ticket)
+        conn.turns.wait(ticket)
         md = self._read_one(conn)
-        conn.end_turn()
+        conn.turns.done(ticket)
         return md
 
     def _one_shot(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
