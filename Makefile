@@ -53,7 +53,7 @@ test: deps
 test-fast: deps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-run: deps
+run: venv
 	$(PY) -m metaproxy.demo
 
 lint: venv
