@@ -21,7 +21,7 @@ import pytest
 from thrift.protocol.TBinaryProtocol import TBinaryProtocol
 from thrift.transport.TTransport import TFramedTransport, TMemoryBuffer
 
-from metaproxy.testing.harness import ProxyProcess
+from metaproxy.testing.harness import ProxyProcess, wait_until
 from tests.e2e.thrift_support.peers import LIBS, EchoClient, EchoServer
 
 pytestmark = pytest.mark.slow
@@ -183,7 +183,9 @@ def test_theader_mutation_arrives_at_the_server_and_back(setup: Setup) -> None:
     with EchoClient("apache", setup.port("header-mutation"), "header") as client:
         client.protocol.set_header(b"x-user", b"alice")
         assert client.echo.whoami() == server.name
-        seen = server.headers_seen[-1]
+        # the server records headers after it has written its reply: poll for the record
+        seen = wait_until(lambda: next((h for h in reversed(server.headers_seen) if h.get("x-user") == "alice"),
+                                       None), 5, "the server's record of the request's headers")
         assert seen["x-route"] == "canary"
         assert seen["x-user"] == "alice"
         assert client.protocol.get_headers().get(b"x-served-by") == b"metaproxy"
