@@ -22,6 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 from gevent.event import AsyncResult
@@ -127,6 +128,35 @@ def _encode(codec: Codec, metadata: Metadata, mutation: dict, out: bytearray, st
         codec.mutations_dropped = 0
 
 
+class WriteBatch:
+    """Bytes for one upstream socket from requests ready in the same loop iteration, sent in one write.
+
+    The first request to queue calls ``flush``: it yields once so the others
+    join, then writes everything (fewer syscalls under load). ``lock`` keeps
+    writes to the socket whole when a send would block.
+    """
+
+    __slots__ = ("out", "batching", "lock")
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+        self.batching = False
+        self.lock = Semaphore()
+
+    def flush(self, owner: Any) -> None:
+        """Yield once, then send what is queued on ``owner.sock`` (read after the yield: it may be gone)."""
+        self.batching = True
+        try:
+            gevent.sleep(0)
+        finally:
+            self.batching = False
+        data, self.out = self.out, bytearray()
+        sock = owner.sock
+        if data and sock is not None:
+            with self.lock:
+                send_all(sock, data)
+
+
 _TIMED_OUT = object()
 
 
@@ -182,12 +212,8 @@ class MultiplexConnection:
         self.next_id = 0
         self.closed = False
         self._connecting: AsyncResult | None = None
-        self._write_lock = Semaphore()
         self._reader: gevent.Greenlet | None = None
-        #: Requests encoded but not yet sent: requests that become ready in the
-        #: same loop iteration leave in one send (fewer syscalls under load).
-        self._out = bytearray()
-        self._batching = False
+        self._batch = WriteBatch()
         self.last_used = time.monotonic()
 
     def _ensure_connected(self) -> None:
@@ -218,7 +244,7 @@ class MultiplexConnection:
         downstream_id = metadata.get("request_id")
         metadata["request_id"] = upstream_id
         try:
-            _encode(self.codec, metadata, mutation, self._out, self.stats)
+            _encode(self.codec, metadata, mutation, self._batch.out, self.stats)
         finally:
             metadata["request_id"] = downstream_id
         call = None
@@ -226,8 +252,8 @@ class MultiplexConnection:
             call = _Call()
             self.pending[upstream_id] = call
         try:
-            if not self._batching:
-                self._flush_batch()
+            if not self._batch.batching:
+                self._batch.flush(self)
         except OSError as exc:
             self.pending.pop(upstream_id, None)
             self.close(ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET))
@@ -241,18 +267,6 @@ class MultiplexConnection:
         if isinstance(result, ProxyError):
             raise result
         return result
-
-    def _flush_batch(self) -> None:
-        """Yield once so other ready requests can join, then send everything queued."""
-        self._batching = True
-        try:
-            gevent.sleep(0)
-        finally:
-            self._batching = False
-        data, self._out = self._out, bytearray()
-        if data and self.sock is not None:
-            with self._write_lock:
-                send_all(self.sock, data)
 
     def _read_loop(self) -> None:
         sock = self.sock
@@ -273,7 +287,7 @@ class MultiplexConnection:
                         out = bytearray()
                         self.codec.heartbeat_reply(md, out)
                         if out:
-                            with self._write_lock:
+                            with self._batch.lock:
                                 send_all(sock, out)
                         continue
                     call = self.pending.pop(md.get("request_id"), None)
@@ -449,11 +463,9 @@ class ExclusiveConnection:
         self.codec = codec
         self.buffer = bytearray()
         self.last_used = time.monotonic()
-        self.out = bytearray()
-        self.batching = False
+        self.batch = WriteBatch()
         self.next_ticket = 0
         self.turns = Turns()
-        self._write_lock = Semaphore()
 
     @property
     def broken(self) -> bool:
@@ -467,18 +479,6 @@ class ExclusiveConnection:
     def break_pipeline(self) -> None:
         """The response stream can no longer be trusted: wake every waiting request to fail."""
         self.turns.abort()
-
-    def flush(self) -> None:
-        """Yield once so the other requests of a pipeline join, then write them all."""
-        self.batching = True
-        try:
-            gevent.sleep(0)
-        finally:
-            self.batching = False
-        data, self.out = self.out, bytearray()
-        if data:
-            with self._write_lock:
-                send_all(self.sock, data)
 
 
 class ExclusivePool(_Pool):
@@ -534,17 +534,17 @@ class ExclusivePool(_Pool):
                 if conn is None or conn.broken:
                     conn = leases[self] = self._acquire()
                     for frame in leases.get(SESSION_KEY, ()):  # bring it to the client's session state
-                        conn.out += frame
+                        conn.batch.out += frame
                         session.append(conn.take_ticket())
                 _encode(conn.codec, metadata, mutation, out, self.stats)
-                conn.out += out
+                conn.batch.out += out
                 ticket = None if oneway else conn.take_ticket()
             finally:
                 if order is not None:
                     order[0].done(order[1])
             try:
-                if not conn.batching:
-                    conn.flush()
+                if not conn.batch.batching:
+                    conn.batch.flush(conn)
                 for t in session:  # replies to the replayed session commands: read and dropped
                     self._read_turn(conn, t)
                 return None if ticket is None else self._read_turn(conn, ticket)
