@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -18,7 +19,7 @@ from metaproxy.controlplane.admin import AdminServer
 from metaproxy.controlplane.grpc_server import make_server
 from metaproxy.controlplane.loader import Build, Loader
 from metaproxy.controlplane.store import ResourceStore
-from metaproxy.controlplane.watcher import FileWatcher
+from metaproxy.controlplane.watcher import make_watcher
 from metaproxy.settings import parse_address
 from metaproxy.xds.convert import route_config_to_dict
 
@@ -29,8 +30,8 @@ class ControlPlane:
     """Serves the routes of ``paths`` over xDS on ``listen``; ``admin`` None disables the HTTP view."""
 
     def __init__(self, paths: list[str], listen: str = "127.0.0.1:15010", admin: str | None = "127.0.0.1:15011",
-                 watch: bool = True, debounce: float = 0.03, poll: float = 0.02, validate: bool = True,
-                 max_workers: int = 256) -> None:
+                 watch: bool = True, debounce: float = 0.01, poll: float = 0.02, validate: bool = True,
+                 max_workers: int = 256, watcher: str = "auto", removal_grace: float = 0.1) -> None:
         self.paths = paths
         self.listen = listen
         self.admin_address = admin
@@ -42,18 +43,19 @@ class ControlPlane:
         self.last_load_seconds = 0.0
         self.last_load_cpu_seconds = 0.0
         self._load_lock = threading.Lock()
-        self._watcher = FileWatcher(paths, self.reload, poll=poll, debounce=debounce) if watch and paths else None
+        self._watcher = (make_watcher(paths, self.reload, watcher, poll=poll, debounce=debounce,
+                                      removal_grace=removal_grace) if watch and paths else None)
         self._server: Any = None
         self._admin: AdminServer | None = None
         self.port = 0
         self.admin_port = 0
         self.started_at = 0.0
 
-    def reload(self) -> Build:
-        """Read every file again and publish what changed."""
+    def reload(self, changed: Iterable[str] | None = None) -> Build:
+        """Bring the files up to date (``changed``: files known to have changed) and publish what changed."""
         with self._load_lock:
             began, cpu = time.perf_counter(), time.thread_time()
-            build = self.loader.load()
+            build = self.loader.load(changed)
             changed = self.store.set(build.resources)
             self.build = build
             self.loads += 1
@@ -100,7 +102,9 @@ class ControlPlane:
         return {"status": "ok", "generation": self.store.generation, "resources": len(self.store.snapshot()),
                 "problems": len(self.build.problems), "loads": self.loads, "port": self.port,
                 "last_load_ms": round(self.last_load_seconds * 1000, 2),
-                "last_load_cpu_ms": round(self.last_load_cpu_seconds * 1000, 2)}
+                "last_load_cpu_ms": round(self.last_load_cpu_seconds * 1000, 2),
+                "watcher": self._watcher.kind if self._watcher is not None else "off",
+                "work": self.loader.counters.as_dict()}
 
     def _config(self) -> dict[str, Any]:
         snap = self.store.snapshot()

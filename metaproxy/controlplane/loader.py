@@ -2,32 +2,61 @@
 
 A file that fails to parse or validate keeps its previous documents in
 force (its problems are logged and shown on the admin view), so one bad edit
-never withdraws routes that proxies are using. Each translated configuration
-is also checked by the proxy's own route parser, so what the control plane
-serves is what a metaproxy will accept (unless ``validate=False``, a testing
-aid that lets a bad update through to exercise NACK handling).
+never withdraws routes that proxies are using. Each translated route is also
+checked by the proxy's own route parser, so what the control plane serves is
+what a metaproxy will accept (unless ``validate=False``, a testing aid that
+lets a bad update through to exercise NACK handling).
+
+A reload does only the work the change needs (docs/control-plane.md,
+"Performance"): a file whose (inode, size, mtime, ctime) is unchanged and
+that the watcher did not name is not read; a file read again with the same
+text is not parsed; a changed file is re-parsed only in the sequence item
+the edit touched when splice.py can do that safely; routes whose YAML
+mapping is the same object skip validation (model.RouteMemo); routes whose
+MetaRoute is the same object skip translation and checking; and a
+configuration with a few new routes is patched from the previous one.
+:attr:`Loader.counters` counts each kind of work, for tests and /healthz.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import yaml
+from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
-from metaproxy.controlplane.model import ApplicationProtocol, Documents, MetaRouter, read_documents
-from metaproxy.controlplane.translate import TranslationError, translate
-from metaproxy.controlplane.yamlfast import load_all
+from metaproxy.controlplane.model import (
+    ApplicationProtocol,
+    Documents,
+    MetaRoute,
+    MetaRouter,
+    RouteMemo,
+    read_documents,
+)
+from metaproxy.controlplane.splice import Parsed, parse, splice
+from metaproxy.controlplane.translate import (
+    TranslationError,
+    assemble,
+    cached_translation,
+    route_config_name,
+    service_port,
+)
 from metaproxy.settings import ConfigError
 from metaproxy.xds.convert import UnsupportedRoute
-from metaproxy.xds.tables import RouteTableBuilder, paused_gc
+from metaproxy.xds.tables import RouteTableBuilder, check_route, paused_gc
 
 log = logging.getLogger("metaproxy.controlplane")
 
 _AERAKI_CODEC_PREFIX = "aeraki.meta_protocol.codec."
+#: A file modified this recently (seconds) before it was read may be written again within the same
+#: timestamp tick without its stat changing: it is read again at the next load (only read: same text, no parse).
+_RACY_WINDOW = 0.1
 
 
 @dataclass
@@ -41,15 +70,56 @@ class Build:
     files: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Counters:
+    """How much work the loads did, cumulatively (tests assert on these; /healthz shows them)."""
+
+    loads: int = 0
+    stats: int = 0          # files stat()ed
+    reads: int = 0          # files read
+    full_parses: int = 0    # files parsed whole
+    splices: int = 0        # files re-parsed in one sequence item only
+    validations: int = 0    # files validated (routes inside may come from the memo)
+    routes_validated: int = 0
+    routes_translated: int = 0
+    configs_built: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class _FileState:
+    signature: tuple[int, int, int, int] = (-1, -1, -1, -1)
+    racy: bool = True
+    text: str | None = None
+    parsed: Parsed | None = None        # the last text that parsed (splicing starts from it)
+    documents: Documents = field(default_factory=Documents)  # what the file contributes (its last good)
+    problems: list[str] = field(default_factory=list)        # problems of its current version
+    good: bool = False                  # documents come from a version without problems
+    memo: RouteMemo = field(default_factory=RouteMemo)
+
+
+@dataclass
+class _Translated:
+    """One route configuration as last built, and the translation of each route by MetaRoute identity."""
+
+    router: MetaRouter | None = None
+    config: RouteConfiguration | None = None
+    routes: list[rc.Route] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    memo: dict[int, tuple[MetaRoute, rc.Route, list[str]]] = field(default_factory=dict)
+
+
 def codec_name(codec: str) -> str:
     """An ApplicationProtocol codec as metaproxy names it (Aeraki's ``aeraki.meta_protocol.codec.X`` -> X)."""
     return codec[len(_AERAKI_CODEC_PREFIX):] if codec.startswith(_AERAKI_CODEC_PREFIX) else codec
 
 
 def read_file(path: Path) -> Documents:
-    """One YAML file (several documents allowed) -> its validated documents."""
+    """One YAML file (several documents allowed) -> its validated documents (no caching)."""
     try:
-        docs = load_all(path.read_text())
+        docs = parse(path.read_text()).docs
     except OSError as exc:
         return Documents(problems=[f"{path}: cannot read: {exc}"])
     except yaml.YAMLError as exc:
@@ -69,48 +139,92 @@ def check_route_config(config: RouteConfiguration, builder: RouteTableBuilder | 
 
 
 class Loader:
-    """Reads the route files; remembers the last good documents per file and resource per name."""
+    """Reads the route files; remembers per file and per resource what it read, built and last had good."""
 
     def __init__(self, paths: list[str], validate: bool = True) -> None:
         self.paths = paths
         self.validate = validate
-        self._good_docs: dict[str, Documents] = {}
+        self.counters = Counters()
+        self._files: dict[str, _FileState] = {}
+        self._translated: dict[str, _Translated] = {}
         self._good_resources: dict[str, RouteConfiguration] = {}
-        self._builders: dict[str, RouteTableBuilder] = {}
         self._codecs = {ep.name for ep in entry_points(group="metaproxy.codecs")}
 
-    def load(self) -> Build:
-        """Read every file; problems are in the result, never raised."""
-        with paused_gc():
-            return self._load()
+    def load(self, changed: Iterable[str] | None = None) -> Build:
+        """Bring every file up to date; ``changed`` names files to read even if their stat looks the same.
 
-    def _load(self) -> Build:
+        Problems are in the result, never raised.
+        """
+        with paused_gc():
+            return self._load(set(changed or ()))
+
+    def _load(self, changed: set[str]) -> Build:
         from metaproxy.controlplane.watcher import route_files
 
+        self.counters.loads += 1
         build = Build()
         files = route_files(self.paths)
         build.files = [str(p) for p in files]
-        seen_files = set()
+        states: dict[str, _FileState] = {}
         for path in files:
             key = str(path)
-            seen_files.add(key)
-            docs = read_file(path)
-            if docs.problems:
-                build.problems.extend(docs.problems)
-                if key in self._good_docs:
-                    build.problems.append(f"{key}: keeping its last good version")
-                docs = self._good_docs.get(key, Documents())
-            else:
-                self._good_docs[key] = docs
-            build.routers.extend(docs.routers)
-            build.protocols.extend(docs.protocols)
-        for key in list(self._good_docs):
-            if key not in seen_files:
-                del self._good_docs[key]
+            state = states[key] = self._refresh(path, self._files.get(key) or _FileState(), key in changed)
+            build.problems.extend(state.problems)
+            build.routers.extend(state.documents.routers)
+            build.protocols.extend(state.documents.protocols)
+        self._files = states  # files gone from the folder are forgotten
         self._check_protocols(build)
         self._translate(build)
         return build
 
+    # -- one file ----------------------------------------------------------------
+    def _refresh(self, path: Path, state: _FileState, force: bool) -> _FileState:
+        key = str(path)
+        self.counters.stats += 1
+        try:
+            st = path.stat()
+            signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if signature == state.signature and not force and not state.racy:
+                return state
+            read_at = time.time_ns()
+            text = path.read_text()
+        except OSError as exc:
+            return self._failed(state, key, [f"{key}: cannot read: {exc}"])
+        self.counters.reads += 1
+        state.signature = signature
+        state.racy = read_at - st.st_mtime_ns < _RACY_WINDOW * 1e9
+        if text == state.text:
+            return state
+        state.text = text
+        try:
+            parsed = splice(state.parsed, text) if state.parsed is not None else None
+            if parsed is not None:
+                self.counters.splices += 1
+            else:
+                parsed = parse(text)
+                self.counters.full_parses += 1
+        except yaml.YAMLError as exc:
+            return self._failed(state, key, [f"{key}: not valid YAML: {exc}"])
+        state.parsed = parsed
+        self.counters.validations += 1
+        state.memo.begin()
+        docs = read_documents(parsed.docs, key, state.memo)
+        state.memo.end()
+        self.counters.routes_validated += sum(len(r.routes) for r in docs.routers) - state.memo.hits
+        if docs.problems:
+            return self._failed(state, key, docs.problems)
+        state.documents, state.problems, state.good = docs, [], True
+        return state
+
+    @staticmethod
+    def _failed(state: _FileState, key: str, problems: list[str]) -> _FileState:
+        """Keep the last good documents of the file (if any) and report why."""
+        state.problems = list(problems)
+        if state.good:
+            state.problems.append(f"{key}: keeping its last good version")
+        return state
+
+    # -- the whole set -----------------------------------------------------------
     def _check_protocols(self, build: Build) -> None:
         names: dict[str, ApplicationProtocol] = {}
         for proto in build.protocols:
@@ -130,27 +244,57 @@ class Loader:
         for router in build.routers:
             label = f"{router.source} (MetaRouter {router.name})"
             try:
-                config = translate(router)
+                port = service_port(router)
             except TranslationError as exc:
                 build.problems.append(f"{label}: {exc}")
                 continue
-            if config.name in owners:
-                other = owners[config.name]
-                build.problems.append(f"{label}: route configuration {config.name!r} is already defined by "
+            name = route_config_name(router.hosts[0], port)
+            if name in owners:
+                other = owners[name]
+                build.problems.append(f"{label}: route configuration {name!r} is already defined by "
                                       f"MetaRouter {other.name!r} in {other.source}; ignoring this one")
                 continue
-            owners[config.name] = router
-            builder = self._builders.setdefault(config.name, RouteTableBuilder())
-            problems = check_route_config(config, builder) if self.validate else []
-            if problems:
-                build.problems.extend(f"{label}: {p}" for p in problems)
-                failed.add(config.name)
+            owners[name] = router
+            entry = self._translated.setdefault(name, _Translated())
+            if entry.router is not router:
+                self._build_one(entry, router, name, port)
+            if entry.problems:
+                build.problems.extend(f"{label}: {p}" for p in entry.problems)
+                failed.add(name)
                 continue
-            build.resources[config.name] = config
+            build.resources[name] = entry.config  # type: ignore[assignment]
         for name in failed:
             if name in self._good_resources:
                 build.resources[name] = self._good_resources[name]
         self._good_resources = dict(build.resources)
-        for name in list(self._builders):
-            if name not in build.resources:
-                del self._builders[name]
+        for name in list(self._translated):
+            if name not in owners:
+                del self._translated[name]
+
+    def _build_one(self, entry: _Translated, router: MetaRouter, name: str, port: int) -> None:
+        """Translate and check the routes that are new since the last build of ``name``; assemble the config."""
+        memo: dict[int, tuple[MetaRoute, rc.Route, list[str]]] = {}
+        routes: list[rc.Route] = []
+        problems: list[str] = []
+        for index, route in enumerate(router.routes):
+            hit = entry.memo.get(id(route))
+            if hit is None or hit[0] is not route:
+                proto = cached_translation(route, port)
+                found = (check_route(proto, name, index, f"virtual_hosts[0].routes[{index}]")
+                         if self.validate else [])
+                hit = (route, proto, found)
+                self.counters.routes_translated += 1
+            elif hit[2]:  # problems mention the position: check again where it is now
+                hit = (route, hit[1], check_route(hit[1], name, index, f"virtual_hosts[0].routes[{index}]"))
+            memo[id(route)] = hit
+            routes.append(hit[1])
+            problems.extend(hit[2])
+        entry.memo = memo
+        entry.router = router
+        entry.problems = problems
+        if problems:
+            return
+        previous = (entry.config, entry.routes) if entry.config is not None else None
+        entry.config = assemble(router.hosts[0], port, routes, previous)
+        entry.routes = routes
+        self.counters.configs_built += 1

@@ -26,9 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:15010", help="gRPC address (default %(default)s)")
     p.add_argument("--admin", default="127.0.0.1:15011",
                    help="HTTP address for /healthz, /acks, /config; 'off' disables (default %(default)s)")
-    p.add_argument("--debounce", default="30ms",
+    p.add_argument("--debounce", default="10ms",
                    help="quiet time after a file change before reloading (default %(default)s)")
-    p.add_argument("--poll", default="20ms", help="how often the files are checked for changes (default %(default)s)")
+    p.add_argument("--watcher", choices=("auto", "inotify", "poll"), default="auto",
+                   help="how file changes are seen: inotify (Linux), polling, or auto: inotify where it works "
+                        "(default %(default)s)")
+    p.add_argument("--poll", default="20ms",
+                   help="with the poll watcher, how often the files are checked (default %(default)s)")
+    p.add_argument("--removal-grace", default="100ms",
+                   help="with inotify, how long a removed file may take to reappear (an editor's save) before "
+                        "its routes are withdrawn (default %(default)s)")
     p.add_argument("--no-watch", action="store_true", help="load once; do not watch the files")
     p.add_argument("--no-validate", action="store_true",
                    help="serve translations even if a metaproxy would reject them (to exercise NACKs)")
@@ -71,12 +78,14 @@ def main(argv: list[str]) -> int:
         return 1 if build.problems else 0
     try:
         debounce, poll = parse_duration(args.debounce), parse_duration(args.poll)
+        grace = parse_duration(args.removal_grace)
     except ValueError as exc:
         print(f"metaproxy control-plane: {exc}", file=sys.stderr)
         return 2
-    cp = ControlPlane(paths, listen=args.listen, admin=None if args.admin == "off" else args.admin,
-                      watch=not args.no_watch, debounce=debounce, poll=poll, validate=not args.no_validate)
     try:
+        cp = ControlPlane(paths, listen=args.listen, admin=None if args.admin == "off" else args.admin,
+                          watch=not args.no_watch, debounce=debounce, poll=poll, validate=not args.no_validate,
+                          watcher=args.watcher, removal_grace=grace)
         cp.start()
     except OSError as exc:
         print(f"metaproxy control-plane: {exc}", file=sys.stderr)

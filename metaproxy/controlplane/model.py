@@ -304,7 +304,42 @@ _ROUTE_CACHE: dict[str, MetaRoute] = {}
 _ROUTE_CACHE_MAX = 200_000
 
 
-def _cached_route(sec: Section, index: int) -> MetaRoute | None:
+class RouteMemo:
+    """The routes read from one file last time, by the identity of their YAML mapping.
+
+    After an edit that splice.py could re-parse in place, every route but the
+    edited one is the very same dict as before, so finding it here costs a
+    dict lookup instead of a JSON dump of the route (the global cache's key).
+    The memo keeps a reference to each mapping, so an ``id`` is never reused
+    while it is in the memo; :meth:`begin`/:meth:`end` around a read keep only
+    the routes of the latest version.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[Any, int | None, MetaRoute]] = {}
+        self._next: dict[int, tuple[Any, int | None, MetaRoute]] = {}
+        self.hits = 0
+
+    def begin(self) -> None:
+        self._next = {}
+        self.hits = 0
+
+    def end(self) -> None:
+        self._last, self._next = self._next, {}
+
+    def get(self, data: Any, index: int) -> MetaRoute | None:
+        entry = self._last.get(id(data))
+        if entry is None or entry[0] is not data or entry[1] not in (None, index):
+            return None
+        self._next[id(data)] = entry
+        self.hits += 1
+        return entry[2]
+
+    def put(self, data: Any, index: int, route: MetaRoute) -> None:
+        self._next[id(data)] = (data, None if "name" in data else index, route)
+
+
+def _cached_route(sec: Section, index: int, memo: RouteMemo | None = None) -> MetaRoute | None:
     """``read_meta_route`` with a cache of the routes that had no problems."""
     try:
         key = json.dumps(sec.data, sort_keys=True)
@@ -313,15 +348,42 @@ def _cached_route(sec: Section, index: int) -> MetaRoute | None:
     if "name" not in sec.data:  # its default name depends on its position
         key += f"#{index}"
     route = _ROUTE_CACHE.get(key)
-    if route is not None:
-        return route
-    before = len(sec.problems)
-    route = read_meta_route(sec, index)
-    if route is not None and len(sec.problems) == before:
+    if route is None:
+        before = len(sec.problems)
+        route = read_meta_route(sec, index)
+        if route is None or len(sec.problems) != before:
+            return route
         if len(_ROUTE_CACHE) >= _ROUTE_CACHE_MAX:
             _ROUTE_CACHE.clear()
         _ROUTE_CACHE[key] = route
+    if memo is not None:
+        memo.put(sec.data, index, route)
     return route
+
+
+def _read_routes(spec: Section, memo: RouteMemo | None) -> list[MetaRoute]:
+    """``spec.routes``: each route from the memo when its mapping is unchanged, else read and validated."""
+    items = spec.raw("routes")
+    if items is None:
+        spec.problem("required key is missing", "routes")
+        return []
+    if not isinstance(items, list):
+        spec.problem(f"expected a list, got {type(items).__name__}", "routes")
+        return []
+    base = spec.key_path("routes")
+    routes = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        route = memo.get(item, i) if memo is not None else None
+        if route is None:
+            route = _cached_route(Section(item, f"{base}[{i}]", spec.problems, spec.prefix), i, memo)
+            if route is None:
+                continue
+        if route.name in seen:
+            spec.problems.append(f"{spec.prefix}{base}[{i}].name: duplicate route name {route.name!r}")
+        seen.add(route.name)
+        routes.append(route)
+    return routes
 
 
 def _token_bucket(sec: Section) -> TokenBucket | None:
@@ -363,7 +425,8 @@ def _local_rate_limit(sec: Section) -> LocalRateLimit:
     return LocalRateLimit(bucket, tuple(conditions))
 
 
-def read_meta_router(spec: Section, name: str, namespace: str, source: str) -> MetaRouter | None:
+def read_meta_router(spec: Section, name: str, namespace: str, source: str,
+                     memo: RouteMemo | None = None) -> MetaRouter | None:
     hosts = spec.take("hosts", list)
     if hosts is not None:
         if not hosts:
@@ -374,16 +437,7 @@ def read_meta_router(spec: Section, name: str, namespace: str, source: str) -> M
     port = spec.take("port", int, None, check=_port)
     spec.raw("gateways")
     spec.raw(_key(spec, "export_to"))
-    routes = []
-    seen: set[str] = set()
-    for i, rsec in enumerate(spec.sections("routes", required=True)):
-        route = _cached_route(rsec, i)
-        if route is None:
-            continue
-        if route.name in seen:
-            rsec.problem(f"duplicate route name {route.name!r}", "name")
-        seen.add(route.name)
-        routes.append(route)
+    routes = _read_routes(spec, memo)
     lrl = None
     lsec = _section(spec, "local_rate_limit")
     if lsec is not None:
@@ -402,8 +456,12 @@ def read_application_protocol(spec: Section, name: str, source: str) -> Applicat
     return ApplicationProtocol(name, protocol, codec, source)
 
 
-def read_documents(docs: list[Any], source: str) -> Documents:
-    """Validate the YAML documents of one file; a document with problems is left out."""
+def read_documents(docs: list[Any], source: str, memo: RouteMemo | None = None) -> Documents:
+    """Validate the YAML documents of one file; a document with problems is left out.
+
+    ``memo`` (one per file) lets routes whose mapping is the same object as
+    last time skip validation.
+    """
     result = Documents()
     for index, doc in enumerate(docs):
         if doc is None:
@@ -431,7 +489,7 @@ def read_documents(docs: list[Any], source: str) -> Documents:
         top.finish()
         item: Any = None
         if spec is not None and kind == "MetaRouter":
-            item = read_meta_router(spec, name, namespace, source)
+            item = read_meta_router(spec, name, namespace, source, memo)
         elif spec is not None and kind == "ApplicationProtocol":
             item = read_application_protocol(spec, name, source)
         if problems:

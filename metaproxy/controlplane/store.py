@@ -3,18 +3,26 @@
 The loader builds a new dict of resources and calls :meth:`ResourceStore.set`;
 each xDS stream registers a callback and re-reads :meth:`snapshot` when told.
 A snapshot is an immutable mapping, so a stream never sees half an update.
+
+A configuration is serialized once, when it enters the store: the same bytes
+give its content version and the ``Any`` every stream sends (streams used
+to serialize it again for each response). A configuration object that is
+already in the store (the loader hands back the same object for a MetaRouter
+that did not change) keeps its Resource without being serialized again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from google.protobuf.any_pb2 import Any as AnyProto
 
-from metaproxy.xds.resources import resource_version
+from metaproxy.xds.resources import ROUTE_TYPE_URL
 
 
 @dataclass(frozen=True)
@@ -22,6 +30,16 @@ class Resource:
     name: str
     config: RouteConfiguration
     version: str
+    packed: AnyProto = field(compare=False, repr=False, default_factory=AnyProto)
+
+
+def make_resource(name: str, config: RouteConfiguration) -> Resource:
+    """A Resource with its version and packed form from one deterministic serialization.
+
+    The version is the same as :func:`metaproxy.xds.resources.resource_version`.
+    """
+    data = config.SerializeToString(deterministic=True)
+    return Resource(name, config, hashlib.sha256(data).hexdigest()[:16], AnyProto(type_url=ROUTE_TYPE_URL, value=data))
 
 
 class ResourceStore:
@@ -38,7 +56,9 @@ class ResourceStore:
 
     def set(self, configs: Mapping[str, RouteConfiguration]) -> bool:
         """Replace every resource; notify streams only if something changed. Returns whether it did."""
-        new = {name: Resource(name, cfg, resource_version(cfg)) for name, cfg in configs.items()}
+        current = self._resources
+        new = {name: (current[name] if name in current and current[name].config is cfg else make_resource(name, cfg))
+               for name, cfg in configs.items()}
         with self._lock:
             old = self._resources
             if old.keys() == new.keys() and all(old[n].version == r.version for n, r in new.items()):

@@ -35,7 +35,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 
 from metaproxy.controlplane.acks import AckRegistry, StreamRecord
 from metaproxy.controlplane.store import Resource, ResourceStore
-from metaproxy.xds.resources import ROUTE_TYPE_URL, pack, set_version
+from metaproxy.xds.resources import ROUTE_TYPE_URL, set_version
 
 log = logging.getLogger("metaproxy.controlplane.xds")
 WILDCARD = "*"
@@ -136,7 +136,7 @@ class SotwStream(_Stream):
         self.record.responses += 1
         return [DiscoveryResponse(
             version_info=version, type_url=ROUTE_TYPE_URL, nonce=state.nonce,
-            resources=[pack(items[n].config) for n in sorted(items)],
+            resources=[items[n].packed for n in sorted(items)],
         )]
 
 
@@ -204,7 +204,7 @@ class DeltaStream(_Stream):
         self.record.responses += 1
         return [DeltaDiscoveryResponse(
             system_version_info=version, type_url=ROUTE_TYPE_URL, nonce=state.nonce,
-            resources=[ResourceProto(name=r.name, version=r.version, resource=pack(r.config)) for r in updated],
+            resources=[ResourceProto(name=r.name, version=r.version, resource=r.packed) for r in updated],
             removed_resources=removed,
         )]
 
@@ -215,5 +215,5 @@ def fetch(store: ResourceStore, req: DiscoveryRequest) -> DiscoveryResponse:
     items = _selected(store, names)
     return DiscoveryResponse(
         version_info=set_version((n, r.version) for n, r in items.items()), type_url=ROUTE_TYPE_URL,
-        resources=[pack(items[n].config) for n in sorted(items)],
+        resources=[items[n].packed for n in sorted(items)],
     )

@@ -18,7 +18,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
 from metaproxy.router import Route, RouteTable, parse_route_config
 from metaproxy.settings import ConfigError
-from metaproxy.xds.convert import route_to_dict
+from metaproxy.xds.convert import UnsupportedRoute, route_to_dict
 
 _Entry = tuple[dict[str, Any], Route]
 
@@ -38,6 +38,20 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def check_route(route: Any, config_name: str, index: int, where: str) -> list[str]:
+    """Problems the proxy would reject this one route for (UnsupportedRoute included); empty if none.
+
+    The control plane checks each route it translates with this, once per
+    distinct route, instead of building whole tables on every reload.
+    """
+    problems: list[str] = []
+    try:
+        RouteTableBuilder._parse_one(route, config_name, index, where, problems)
+    except UnsupportedRoute as exc:
+        return [f"{config_name}: {exc}"]
+    return problems
 
 
 class RouteTableBuilder:
