@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import gevent
+from gevent import get_hub
 from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.server import StreamServer
@@ -25,9 +26,10 @@ from metaproxy.chain import FilterChain, FilterEnv, RequestContext, load_filter_
 from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction
 from metaproxy.config import ListenerConfig
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
-from metaproxy.netio import SCRATCH, SCRATCH_VIEW, send_all
+from metaproxy.netio import READ_SIZE, SCRATCH, SCRATCH_VIEW, send_all
 from metaproxy.observer import RequestObserver, overriding
 from metaproxy.router import RouteHolder
+from metaproxy.runner import RUNNER
 from metaproxy.stats import ListenerStats, StatsStore
 from metaproxy.upstream.cluster import ClusterManager
 from metaproxy.upstream.pool import SESSION_KEY, SendOrder
@@ -279,7 +281,8 @@ class DownstreamConnection:
         self._writable = Event()
         self._writable.set()
         self._slots = Semaphore(listener.config.max_requests_per_connection)
-        self._greenlets: set[gevent.Greenlet] = set()
+        #: Requests handed to their own greenlet and not yet finished (multiplexing protocols).
+        self.jobs = 0
         #: Ordered protocols: upstream connections (and endpoints) this connection holds.
         self.leases: dict[Any, Any] | None = None if listener.multiplexing else {}
         self._max_batch = listener.config.max_requests_per_connection
@@ -296,11 +299,28 @@ class DownstreamConnection:
         spawn = listener.multiplexing
         batch: list[Metadata] = []  # ordered protocols: the requests of one read, served as a pipeline
         max_buffered = listener.config.max_buffered_bytes
+        # Plain sockets: wait for readability first, then read the real socket once. gevent's
+        # recv_into would try first, fail with EAGAIN (a wasted system call per request on a
+        # request/response connection), then wait. TLS may hold decrypted bytes: it reads as usual.
+        raw = None if isinstance(sock, ssl.SSLSocket) else getattr(sock, "_sock", None)
+        readable = getattr(sock, "_read_event", None)
+        if readable is None:
+            raw = None
+        wait = get_hub().wait
+        drained = False
         try:
             while not self.closed:
                 if self.buffered > max_buffered or BUDGET.used > BUDGET.limit:
                     self._wait_writable(max_buffered)
-                n = sock.recv_into(SCRATCH)
+                if raw is not None and drained:
+                    wait(readable)
+                    try:
+                        n = raw.recv_into(SCRATCH)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                else:
+                    n = sock.recv_into(SCRATCH)
+                drained = n < READ_SIZE
                 if not n:
                     if self.active:
                         stats.cx_destroy_remote_with_active_rq.inc()
@@ -338,8 +358,8 @@ class DownstreamConnection:
                         self._slots.acquire()  # backpressure: stop reading at max requests in flight
                         self.buffered += len(md.frame)
                         BUDGET.used += len(md.frame)
-                        g = gevent.spawn(self._serve_slot, md)
-                        self._greenlets.add(g)
+                        self.jobs += 1
+                        RUNNER.spawn(self._serve_slot, md)
                     else:
                         batch.append(md)
                         if len(batch) >= self._max_batch:
@@ -371,13 +391,21 @@ class DownstreamConnection:
             return
         order = SendOrder()
         replies: list[bytearray | None] = [None] * len(batch)
+        left = [len(batch)]
+        all_done = Event()
 
         def serve_one(index: int, md: Metadata) -> None:
-            replies[index] = self.serve(md, (order, index))
+            try:
+                replies[index] = self.serve(md, (order, index))
+            finally:
+                left[0] -= 1
+                if not left[0]:
+                    all_done.set()
 
-        jobs = [gevent.spawn(serve_one, i, md) for i, md in enumerate(batch)]
+        for i, md in enumerate(batch):
+            RUNNER.spawn(serve_one, i, md)
         batch.clear()
-        gevent.joinall(jobs)
+        all_done.wait()
         data = b"".join(r for r in replies if r)
         if data and not self.closed:
             self.send(data)
@@ -412,7 +440,7 @@ class DownstreamConnection:
                     self.close()
         finally:
             self._slots.release()
-            self._greenlets.discard(gevent.getcurrent())
+            self.jobs -= 1
             self._release_bytes(len(md.frame))
             if self.listener.draining:
                 self._close_if_done()
@@ -425,7 +453,7 @@ class DownstreamConnection:
         A request the client sends in this instant is not read, so it was not
         processed and the client may retry it safely (Envoy drains the same way).
         """
-        if not self.active and not self.partial_since and not self._greenlets:
+        if not self.active and not self.partial_since and not self.jobs:
             self.close()
 
     def serve(self, md: Metadata, order: Any = None) -> bytearray:

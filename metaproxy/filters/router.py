@@ -18,6 +18,7 @@ import gevent
 from metaproxy.chain import Filter, FilterEnv, RequestContext
 from metaproxy.message import ErrorType, MessageType, Metadata, Mutation, ProxyError, ResponseStatus
 from metaproxy.router import Route
+from metaproxy.runner import RUNNER
 from metaproxy.upstream.cluster import NO_HEALTHY, Cluster
 from metaproxy.upstream.pool import CONNECT_FAILURE, OVERFLOW, PROTOCOL_ERROR, RESET, TIMEOUT
 
@@ -206,7 +207,7 @@ class RouterFilter(Filter):
         mutation = Mutation(ctx.mutation)
         self._mirrors_in_flight[cluster_name] = in_flight + 1
         cluster.stats.mirror_requests.inc()
-        gevent.spawn(self._send_mirror, cluster, copy, mutation, ctx.route)
+        RUNNER.spawn(self._send_mirror, cluster, copy, mutation, ctx.route)
 
     def _send_mirror(self, cluster: Cluster, md: Metadata, mutation: Mutation, route: Route) -> None:
         try:
