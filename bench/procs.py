@@ -207,9 +207,11 @@ def start_haproxy(workdir: Path, upstream_port: int, threads: int = 1) -> Servic
     return start_listening("haproxy", ["haproxy", "-db", "-f", str(cfg)], port, workdir / "haproxy.log")
 
 
-def metaproxy_config(listener_protocol: dict[str, Any], upstream_port: int, port: int) -> dict[str, Any]:
+def metaproxy_config(listener_protocol: dict[str, Any], upstream_port: int, port: int,
+                     workers: int = 1) -> dict[str, Any]:
     """One listener, filters [router], one catch-all route to one cluster: the minimum layer-7 path."""
     return {
+        "workers": workers,
         "listeners": [{
             "name": "bench_in",
             "address": f"127.0.0.1:{port}",
@@ -227,12 +229,16 @@ def metaproxy_config(listener_protocol: dict[str, Any], upstream_port: int, port
 
 
 def start_metaproxy(workdir: Path, listener_protocol: dict[str, Any], upstream_port: int,
-                    launcher: Sequence[str] | None = None) -> Service:
-    """Run ``python -m metaproxy.cli run -c <generated yaml>`` (or the same under ``launcher``)."""
+                    launcher: Sequence[str] | None = None, workers: int = 1) -> Service:
+    """Run ``python -m metaproxy.cli run -c <generated yaml>`` (or the same under ``launcher``).
+
+    With ``workers`` > 1 the supervisor's port answers before every worker has
+    bound it; the measurement's warm-up covers that.
+    """
     port = free_port()
     workdir = workdir.resolve()
     cfg = workdir / "metaproxy.yaml"
-    cfg.write_text(yaml.safe_dump(metaproxy_config(listener_protocol, upstream_port, port), sort_keys=False))
+    cfg.write_text(yaml.safe_dump(metaproxy_config(listener_protocol, upstream_port, port, workers), sort_keys=False))
     prefix = list(launcher) if launcher else [sys.executable, "-m", "metaproxy.cli"]
     return start_listening("metaproxy", [*prefix, "run", "-c", str(cfg)], port, workdir / "metaproxy.log",
                            cwd=workdir, env={"PYTHONUNBUFFERED": "1"})

@@ -63,28 +63,34 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}×"
 
 
-def ratios_table(rows: list[Row], subject: str = "metaproxy") -> str:
-    """metaproxy against direct and against HAProxy, per scenario and connection count."""
+#: Which metaproxy row is compared with which HAProxy row: one process with one thread, and two
+#: processes with two threads (each free to use both cores).
+PAIRS = (("metaproxy", "haproxy"), ("metaproxy-2w", "haproxy-2t"))
+
+
+def ratios_table(rows: list[Row], pairs: tuple[tuple[str, str], ...] = PAIRS) -> str:
+    """metaproxy against direct and against HAProxy (its pair), per scenario and connection count."""
     by_key = {(r.scenario, r.connections, r.depth, r.target): r for r in rows}
     out = []
-    for (scenario, conns, depth, target), row in by_key.items():
-        if target != subject:
-            continue
-        direct = by_key.get((scenario, conns, depth, "direct"))
-        haproxy = by_key.get((scenario, conns, depth, "haproxy"))
+    for subject, yardstick in pairs:
+        for (scenario, conns, depth, target), row in by_key.items():
+            if target != subject:
+                continue
+            direct = by_key.get((scenario, conns, depth, "direct"))
+            haproxy = by_key.get((scenario, conns, depth, yardstick))
 
-        def get(r: Row | None, field: str) -> float | None:
-            return None if r is None else getattr(r.result, field)
+            def get(r: Row | None, field: str) -> float | None:
+                return None if r is None else getattr(r.result, field)
 
-        out.append([
-            scenario, str(conns), str(depth),
-            _ratio(row.result.rps, get(direct, "rps")), _ratio(row.result.rps, get(haproxy, "rps")),
-            _ratio(row.result.p50_us, get(direct, "p50_us")), _ratio(row.result.p50_us, get(haproxy, "p50_us")),
-            _ratio(row.cpu_us_per_request, None if haproxy is None else haproxy.cpu_us_per_request),
-        ])
-    header = ["scenario", "conns", "depth", "req/s vs direct", "req/s vs HAProxy", "p50 vs direct",
+            out.append([
+                scenario, f"{subject} / {yardstick}", str(conns), str(depth),
+                _ratio(row.result.rps, get(direct, "rps")), _ratio(row.result.rps, get(haproxy, "rps")),
+                _ratio(row.result.p50_us, get(direct, "p50_us")), _ratio(row.result.p50_us, get(haproxy, "p50_us")),
+                _ratio(row.cpu_us_per_request, None if haproxy is None else haproxy.cpu_us_per_request),
+            ])
+    header = ["scenario", "paths", "conns", "depth", "req/s vs direct", "req/s vs HAProxy", "p50 vs direct",
               "p50 vs HAProxy", "CPU/req vs HAProxy"]
-    return _table(header, out, left=1)
+    return _table(header, out, left=2)
 
 
 @dataclass(frozen=True)

@@ -42,14 +42,31 @@ class HAProxy(Target):
         return start_haproxy(workdir, upstream.port, self.threads)
 
 
+class HAProxy2(HAProxy):
+    """HAProxy with two threads: the pair of ``metaproxy-2w``, both free to use both cores."""
+
+    name = "haproxy-2t"
+
+    def __init__(self) -> None:
+        super().__init__(threads=2)
+
+
 class MetaProxy(Target):
     name = "metaproxy"
+    workers = 1
 
     def __init__(self, launcher: Sequence[str] | None = None) -> None:
         self.launcher = launcher
 
     def start(self, scenario: Scenario, upstream: Service, workdir: Path) -> Service | None:
-        return start_metaproxy(workdir, scenario.listener_protocol(), upstream.port, self.launcher)
+        return start_metaproxy(workdir, scenario.listener_protocol(), upstream.port, self.launcher, self.workers)
+
+
+class MetaProxy2(MetaProxy):
+    """``workers: 2``: two processes sharing the port (SO_REUSEPORT), as a sidecar on two cores runs."""
+
+    name = "metaproxy-2w"
+    workers = 2
 
 
 class GeventRelay(Target):
@@ -64,4 +81,4 @@ class GeventRelay(Target):
                                workdir / "gevent_relay.log")
 
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (Direct, HAProxy, MetaProxy, GeventRelay)}
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (Direct, HAProxy, MetaProxy, GeventRelay, HAProxy2, MetaProxy2)}

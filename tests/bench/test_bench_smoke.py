@@ -32,6 +32,6 @@ def test_every_scenario_runs_through_every_path(tmp_path):
     rows = data["rows"] if isinstance(data, dict) else data
     seen = {(row["scenario"], row["target"]) for row in rows}
     for scenario in ("tinyrpc", "thrift", "dubbo", "redis-get", "redis-set"):
-        for target in ("direct", "haproxy", "metaproxy"):
+        for target in ("direct", "haproxy", "metaproxy", "haproxy-2t", "metaproxy-2w"):
             assert (scenario, target) in seen, f"no {target} row for {scenario}"
     assert all(row["rps"] > 0 for row in rows)
