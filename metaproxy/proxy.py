@@ -17,6 +17,7 @@ from gevent.event import Event
 
 from metaproxy import server
 from metaproxy.config import ListenerConfig, ProxyConfig
+from metaproxy.heap import settle_heap
 from metaproxy.observer import RequestObserver
 from metaproxy.server import Listener
 from metaproxy.stats import StatsStore
@@ -98,6 +99,7 @@ class Proxy:
         gevent.signal_handler(signal.SIGTERM, self._on_term)
         gevent.signal_handler(signal.SIGINT, self._on_term)
         gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(self.reload))
+        settle_heap()
         self.stopped.wait()
         return 0
 
