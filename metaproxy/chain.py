@@ -61,62 +61,40 @@ class Filter:
 class RequestContext:
     """Everything about one request on its way through the proxy.
 
-    Slots, not a dict: it is made once per request on the hot path.
+    Made once per request on the hot path, so the constructor sets only what
+    differs per request; every other field starts as its class-level default
+    and becomes an instance attribute when a layer sets it.
     """
 
-    __slots__ = (
-        "metadata",
-        "mutation",
-        "response_metadata",
-        "response_mutation",
-        "listener",
-        "protocol",
-        "downstream_address",
-        "peer_identity",
-        "routes",
-        "route",
-        "cluster_name",
-        "upstream_host",
-        "error",
-        "response_flags",
-        "scratch",
-        "start_time",
-        "attempts",
-        "bytes_received",
-        "bytes_sent",
-        "trace",
-        "leases",
-        "order",
-    )
+    #: The route table this request started with (a reload never changes it mid-flight).
+    routes: Any = None
+    route: Any = None
+    response_metadata: Metadata | None = None
+    downstream_address: str = ""
+    peer_identity: str = ""
+    cluster_name: str = ""
+    upstream_host: str = ""
+    error: ProxyError | None = None
+    response_flags: str = ""
+    attempts: int = 0
+    bytes_sent: int = 0
+    trace: Any = None
+    #: Upstream connections this request's downstream connection holds
+    #: (ordered protocols keep one per endpoint: pipelining, MULTI/EXEC).
+    leases: dict[Any, Any] | None = None
+    #: For a request of a client's pipeline (ordered protocols): (SendOrder, place in the batch).
+    order: Any = None
 
     def __init__(self, metadata: Metadata, listener: str = "", protocol: str = "") -> None:
         self.metadata = metadata
         self.mutation = Mutation()
-        self.response_metadata: Metadata | None = None
         self.response_mutation = Mutation()
         self.listener = listener
         self.protocol = protocol
-        self.downstream_address: str = ""
-        self.peer_identity: str = ""
-        #: The route table this request started with (a reload never changes it mid-flight).
-        self.routes: Any = None
-        self.route: Any = None
-        self.cluster_name: str = ""
-        self.upstream_host: str = ""
-        self.error: ProxyError | None = None
-        self.response_flags: str = ""
         #: Per-request table shared by a filter's request and response hooks.
         self.scratch: dict[str, Any] = {}
         self.start_time = time.monotonic()
-        self.attempts = 0
         self.bytes_received = len(metadata.frame)
-        self.bytes_sent = 0
-        self.trace: Any = None
-        #: Upstream connections this request's downstream connection holds
-        #: (ordered protocols keep one per endpoint: pipelining, MULTI/EXEC).
-        self.leases: dict[Any, Any] | None = None
-        #: For a request of a client's pipeline (ordered protocols): (SendOrder, place in the batch).
-        self.order: Any = None
 
     @property
     def route_name(self) -> str:
