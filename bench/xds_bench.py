@@ -1,6 +1,7 @@
 """Time from a MetaRouter file change to the new routes serving traffic (10, 1,000, 10,000 routes).
 
-    .venv/bin/python bench/xds_bench.py [--routes 10,1000,10000] [--repeat 5]
+    .venv/bin/python bench/xds_bench.py [--routes 10,1000,10000] [--repeat 5] [--watcher auto|inotify|poll]
+                                        [--debounce 10ms] [--json]
 
 For each size: a control plane process watches a folder with one MetaRouter
 of N routes (N-1 that match method m0..m{N-2}, and a last catch-all route
@@ -9,9 +10,11 @@ RDS; two tinyrpc upstreams answer with their names. Each round rewrites the
 file flipping the last route between v1 and v2, then sends requests that
 reach the last route (so the whole table is walked) until one is served by
 the new side. The time from the rename of the file to that response is the
-"file change -> serving" time. The control plane's own load time (read,
-validate, translate) is printed next to it; the rest is debounce, gRPC,
-the proxy's validation and the swap.
+"file change -> serving" time. Its parts are printed next to it: the
+watcher's settle time (first sign of the change -> reload: the debounce,
+mostly), the control plane's load (read, parse, validate, translate), the
+proxy's apply (unpack, build the table, swap); what is left is the push over
+gRPC, the probe requests and scheduling.
 """
 
 from __future__ import annotations
@@ -56,11 +59,12 @@ def admin_json(address: tuple[str, int], path: str) -> dict:
         return json.loads(r.read())
 
 
-def measure(n: int, repeat: int, work: Path, v1: TinyRpcServer, v2: TinyRpcServer) -> dict:
+def measure(n: int, repeat: int, work: Path, v1: TinyRpcServer, v2: TinyRpcServer, cp_args: list[str]) -> dict:
     routes = work / f"routes-{n}"
     routes.mkdir()
     write_docs(routes / "bench.yaml", meta_router(n, "v1"))
-    cp = ControlPlaneProcess(routes, work / f"cp-{n}.log", free_port(), free_port(), timing=None).start(timeout=60)
+    cp = ControlPlaneProcess(routes, work / f"cp-{n}.log", free_port(), free_port(), extra=cp_args,
+                             timing=None).start(timeout=60)
     config = {
         "admin": {"address": "127.0.0.1:0"},
         "listeners": [{"name": "in", "address": "127.0.0.1:0", "protocol": {"codec": "tinyrpc"},
@@ -70,7 +74,7 @@ def measure(n: int, repeat: int, work: Path, v1: TinyRpcServer, v2: TinyRpcServe
                      {"name": "outbound|9191|v2|demo", "endpoints": [v2.address]}],
     }
     proxy = ProxyProcess(config, work / f"proxy-{n}").start(timeout=60)
-    times, loads, cpus = [], [], []
+    times, loads, cpus, settles, applies, apply_cpus, pushes = [], [], [], [], [], [], []
     try:
         wait_until(lambda: admin_json(proxy.admin_address, "/config_dump")["listeners"][0]["route_config"],
                    timeout=60, interval=0.05)
@@ -80,6 +84,7 @@ def measure(n: int, repeat: int, work: Path, v1: TinyRpcServer, v2: TinyRpcServe
             for _ in range(repeat):
                 side = "v2" if side == "v1" else "v1"
                 loads_before = cp.get("/healthz")["loads"]
+                updates_before = rds_status(proxy)["updates"]
                 staged = routes / ".bench.yaml.next"  # dot files are not watched
                 staged.write_text(yaml.safe_dump(meta_router(n, side), sort_keys=False))
                 began = time.monotonic()
@@ -90,44 +95,69 @@ def measure(n: int, repeat: int, work: Path, v1: TinyRpcServer, v2: TinyRpcServe
                 times.append(time.monotonic() - began)
                 health = wait_until(lambda lb=loads_before: (h := cp.get("/healthz")) and h["loads"] > lb and h,
                                     timeout=10)
-                loads.append(health["last_load_ms"] / 1000)
-                cpus.append(health["last_load_cpu_ms"] / 1000)
+                loads.append(health["last_load_ms"])
+                cpus.append(health["last_load_cpu_ms"])
+                settles.append(health["last_settle_ms"])
+                rds = wait_until(lambda ub=updates_before: (r := rds_status(proxy)) and r["updates"] > ub and r,
+                                 timeout=10)
+                applies.append(rds["last_apply_ms"])
+                apply_cpus.append(rds["last_apply_cpu_ms"])
+                pushes.append((rds["last_received_at"] - health["last_published_at"]) * 1000)
+        watcher = cp.get("/healthz")["watcher"]
     finally:
         proxy.stop()
         cp.stop()
-    return {"routes": n, "median_ms": statistics.median(times) * 1000, "max_ms": max(times) * 1000,
-            "cp_load_ms": statistics.median(loads) * 1000, "cp_load_cpu_ms": statistics.median(cpus) * 1000,
-            "rounds": len(times)}
+    med = statistics.median
+    return {"routes": n, "median_ms": med(times) * 1000, "max_ms": max(times) * 1000,
+            "settle_ms": med(settles), "cp_load_ms": med(loads), "cp_load_cpu_ms": med(cpus),
+            "push_ms": med(pushes),
+            "apply_ms": med(applies), "apply_cpu_ms": med(apply_cpus), "rounds": len(times), "watcher": watcher}
+
+
+def rds_status(proxy: ProxyProcess) -> dict:
+    return admin_json(proxy.admin_address, "/config_dump")["listeners"][0]["rds"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", default="10,1000,10000", help="comma-separated route counts")
     parser.add_argument("--repeat", type=int, default=5, help="changes measured per size")
+    parser.add_argument("--watcher", choices=("auto", "inotify", "poll"), default="auto",
+                        help="the control plane's file watcher (default %(default)s)")
+    parser.add_argument("--debounce", default=None, help="the control plane's debounce (default: its own)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args(argv)
+    cp_args = ["--watcher", args.watcher] + (["--debounce", args.debounce] if args.debounce else [])
+    load_before = os.getloadavg()[0]
     v1, v2 = TinyRpcServer(0, "v1").start(), TinyRpcServer(0, "v2").start()
     results = []
     try:
         with tempfile.TemporaryDirectory(prefix="xds-bench-") as tmp:
             for n in (int(x) for x in args.routes.split(",")):
-                results.append(measure(n, args.repeat, Path(tmp), v1, v2))
+                results.append(measure(n, args.repeat, Path(tmp), v1, v2, cp_args))
                 print(f"measured {n} routes", file=sys.stderr)
     finally:
         v1.stop()
         v2.stop()
-    print("\nFile change -> new routes serving (control plane + metaproxy over RDS)\n")
-    print(f"| {'routes':>7} | {'median ms':>9} | {'max ms':>8} | {'cp load ms':>10} | {'cp load cpu ms':>14} |"
-          f" {'rounds':>6} |")
-    print(f"|{'-' * 9}|{'-' * 11}|{'-' * 10}|{'-' * 12}|{'-' * 16}|{'-' * 8}|")
+    print("\nFile change -> new routes serving (control plane + metaproxy over RDS), "
+          f"watcher {results[0]['watcher'] if results else '?'}\n")
+    cols = [("routes", "routes", "d"), ("median ms", "median_ms", ".1f"), ("max ms", "max_ms", ".1f"),
+            ("cp settle ms", "settle_ms", ".1f"), ("cp load ms", "cp_load_ms", ".1f"),
+            ("cp load cpu ms", "cp_load_cpu_ms", ".1f"), ("push ms", "push_ms", ".1f"),
+            ("proxy apply ms", "apply_ms", ".1f"),
+            ("proxy apply cpu ms", "apply_cpu_ms", ".1f"), ("rounds", "rounds", "d")]
+    print("| " + " | ".join(f"{title:>{len(title)}}" for title, _, _ in cols) + " |")
+    print("|" + "|".join("-" * (len(title) + 2) for title, _, _ in cols) + "|")
     for r in results:
-        print(f"| {r['routes']:>7} | {r['median_ms']:>9.1f} | {r['max_ms']:>8.1f} | {r['cp_load_ms']:>10.1f} |"
-              f" {r['cp_load_cpu_ms']:>14.1f} | {r['rounds']:>6} |")
-    print("\ncp load = the control plane reading, validating and translating the files (part of the total),"
-          "\nas wall time and as CPU time of its thread; the total also holds the file watcher's poll"
-          "\n(every 20 ms) and debounce (30 ms), the defaults, then gRPC and the proxy's build and swap.")
-    print(f"load average during the run: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
-          " (well above 0: other processes shared the CPU and the wall times are inflated)")
+        print("| " + " | ".join(f"{r[key]:>{len(title)}{fmt}}" for title, key, fmt in cols) + " |")
+    print("\nmedians; cp settle = the watcher's first sign of the change -> reload (debounce, mostly);"
+          "\ncp load = reading, parsing, validating and translating what changed (wall and thread CPU);"
+          "\npush = control plane's store updated -> proxy has the response (gRPC, both processes' scheduling);"
+          "\nproxy apply = unpack, build and swap the route table; the rest of the total is the rename -> first"
+          "\ninotify event, and the probe request in flight at the swap.")
+    load_after = os.getloadavg()[0]
+    print(f"load average: {load_before:.2f} before, {load_after:.2f} after, on {os.cpu_count()} cores"
+          " (above ~0.5, other processes shared the CPU and wall times are inflated)")
     if args.json:
         print(json.dumps(results, indent=2))
     return 0

@@ -41,6 +41,7 @@ class ControlPlane:
         self.build = Build()
         self.loads = 0
         self.last_load_seconds = 0.0
+        self.last_published_at = 0.0  # wall clock, to compare with a proxy's receipt (bench/xds_bench.py)
         self.last_load_cpu_seconds = 0.0
         self._load_lock = threading.Lock()
         self._watcher = (make_watcher(paths, self.reload, watcher, poll=poll, debounce=debounce,
@@ -57,6 +58,8 @@ class ControlPlane:
             began, cpu = time.perf_counter(), time.thread_time()
             build = self.loader.load(changed)
             changed = self.store.set(build.resources)
+            if changed:
+                self.last_published_at = time.time()
             self.build = build
             self.loads += 1
             self.last_load_seconds = time.perf_counter() - began
@@ -101,9 +104,10 @@ class ControlPlane:
     def _healthz(self) -> dict[str, Any]:
         return {"status": "ok", "generation": self.store.generation, "resources": len(self.store.snapshot()),
                 "problems": len(self.build.problems), "loads": self.loads, "port": self.port,
-                "last_load_ms": round(self.last_load_seconds * 1000, 2),
+                "last_load_ms": round(self.last_load_seconds * 1000, 2), "last_published_at": self.last_published_at,
                 "last_load_cpu_ms": round(self.last_load_cpu_seconds * 1000, 2),
                 "watcher": self._watcher.kind if self._watcher is not None else "off",
+                "last_settle_ms": round(self._watcher.last_settle_ms, 2) if self._watcher is not None else 0.0,
                 "work": self.loader.counters.as_dict()}
 
     def _config(self) -> dict[str, Any]:

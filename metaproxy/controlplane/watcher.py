@@ -79,6 +79,7 @@ class _Watcher:
         self.paths = paths
         self.on_change = on_change
         self.changes = 0  # callbacks made (tests wait on it)
+        self.last_settle_ms = 0.0  # first sign of the last burst -> callback (the debounce, mostly)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -103,8 +104,9 @@ class _Watcher:
     def _run(self) -> None:
         raise NotImplementedError
 
-    def _notify(self, changed: set[str]) -> None:
+    def _notify(self, changed: set[str], began: float) -> None:
         self.changes += 1
+        self.last_settle_ms = (time.monotonic() - began) * 1000
         try:
             self.on_change(changed)
         except Exception:  # a reload bug must not stop the watching
@@ -128,7 +130,7 @@ class PollWatcher(_Watcher):
             if current == self._last:
                 continue
             # Wait for the files to settle: no change for ``debounce`` seconds.
-            settled_at = time.monotonic()
+            seen_at = settled_at = time.monotonic()
             while not self._stop.wait(min(self.poll, self.debounce)):
                 again = signature(self.paths)
                 if again != current:
@@ -137,7 +139,7 @@ class PollWatcher(_Watcher):
                     break
             changed = set(current) ^ set(self._last)
             self._last = current
-            self._notify({item[0] for item in changed})
+            self._notify({item[0] for item in changed}, seen_at)
 
 
 #: Kept for code that imported the poll watcher by its old name.
@@ -217,7 +219,8 @@ class InotifyWatcher(_Watcher):
                 self._watch_tree(folder / entry.name)
 
     def _recursive(self, folder: Path) -> bool:
-        return any(root == folder or (recursive and root in folder.parents) for root, recursive in self._roots.items())
+        """Whether ``folder`` is (under) a --config-dir, so all its route files and subfolders count."""
+        return any(recursive and (root == folder or root in folder.parents) for root, recursive in self._roots.items())
 
     # -- events ------------------------------------------------------------------
     def _classify(self, event: inotify.Event, state: _Burst) -> None:
@@ -280,6 +283,7 @@ class InotifyWatcher(_Watcher):
                 if self._stop.is_set():
                     return
                 burst = _Burst()
+                began = time.monotonic()
                 for event in self._ino.read():
                     self._classify(event, burst)
                 if not burst.active:
@@ -290,7 +294,7 @@ class InotifyWatcher(_Watcher):
                 changed = burst.changed
                 if burst.everything:
                     changed = changed | {str(p) for p in route_files(self.paths)}
-                self._notify(changed)
+                self._notify(changed, began)
         finally:
             self.close()
 

@@ -17,6 +17,7 @@ point does) they are greenlets, in tests they are threads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -37,7 +38,7 @@ from google.rpc.status_pb2 import Status
 from metaproxy.router import RouteHolder, RouteTable
 from metaproxy.settings import ConfigError
 from metaproxy.xds.convert import UnsupportedRoute
-from metaproxy.xds.resources import INVALID_ARGUMENT, ROUTE_TYPE_URL, resource_version, unpack
+from metaproxy.xds.resources import INVALID_ARGUMENT, ROUTE_TYPE_URL, unpack
 from metaproxy.xds.tables import RouteTableBuilder
 
 log = logging.getLogger("metaproxy.xds")
@@ -87,6 +88,9 @@ class RdsSubscription:
         self.version = ""
         self.table_version = ""
         self.last_error = ""
+        self.last_apply_ms = 0.0      # receipt of a response -> new table in force (unpack, build, swap)
+        self.last_apply_cpu_ms = 0.0
+        self.last_received_at = 0.0   # wall clock of the last response's receipt
         self._resource_version = ""
         self._builder = RouteTableBuilder()
         self._ready = threading.Event()
@@ -135,6 +139,8 @@ class RdsSubscription:
             "version": self.table_version, "acked_version": self.version, "ready": self.ready,
             "routes_in_force": table is not None, "connected": self.connected, "updates": self.updates,
             "rejects": self.rejects, "reconnects": self.reconnects, "last_error": self.last_error,
+            "last_apply_ms": round(self.last_apply_ms, 2), "last_apply_cpu_ms": round(self.last_apply_cpu_ms, 2),
+            "last_received_at": self.last_received_at,
         }
 
     # -- the stream ------------------------------------------------------------
@@ -227,6 +233,8 @@ class RdsSubscription:
         return self._request(response.nonce)
 
     def _apply(self, response: DiscoveryResponse) -> bool:
+        self.last_received_at = time.time()
+        began, cpu = time.perf_counter(), time.thread_time()
         if response.type_url and response.type_url != ROUTE_TYPE_URL:
             raise _Rejected(f"unexpected resource type {response.type_url}")
         found = None
@@ -236,10 +244,12 @@ class RdsSubscription:
             except ValueError as exc:
                 raise _Rejected(f"resources[{index}]: {exc}") from None
             if config.name == self.route_config_name:
-                found = config
+                found, found_bytes = config, any_msg.value
         if found is None:
             return False  # not ours (or not there yet): nothing changes
-        rversion = resource_version(found)
+        # The bytes as received identify the content (no second serialization; a server that
+        # serializes the same routes differently only costs a rebuild from the per-route cache).
+        rversion = hashlib.sha256(found_bytes).hexdigest()[:16]
         if rversion == self._resource_version and self.holder.current is not None:
             self.table_version = response.version_info
             return False
@@ -249,6 +259,8 @@ class RdsSubscription:
             raise _Rejected(str(exc)) from None
         except ConfigError as exc:
             raise _Rejected("; ".join(exc.problems)) from None
+        self.last_apply_ms = (time.perf_counter() - began) * 1000
+        self.last_apply_cpu_ms = (time.thread_time() - cpu) * 1000
         self.holder.set(table)
         self._resource_version = rversion
         self.table_version = response.version_info
