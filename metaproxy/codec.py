@@ -24,7 +24,9 @@ from metaproxy.message import ErrorType, MessageType, Metadata, Mutation, ProxyE
 __all__ = [
     "Codec",
     "CodecError",
+    "DONE",
     "DecodeStatus",
+    "WAIT_FOR_DATA",
     "Direction",
     "ErrorType",
     "MessageType",
@@ -41,6 +43,13 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 class DecodeStatus(Enum):
     DONE = "done"
     WAIT_FOR_DATA = "wait_for_data"
+
+
+# The two results as module constants, for hot paths: on Python 3.11 reading an enum member
+# through its class costs ~150 ns (the enum metaclass's ``__getattr__`` puts every class
+# attribute read on a slow path), a module global ~15 ns. ``return DONE`` in a codec.
+DONE = DecodeStatus.DONE
+WAIT_FOR_DATA = DecodeStatus.WAIT_FOR_DATA
 
 
 class Direction(str, Enum):
@@ -130,6 +139,10 @@ class Codec:
 
 def take(buffer: bytearray, size: int) -> bytes:
     """Remove and return the first ``size`` bytes of ``buffer`` (the frame a decoder read)."""
+    if size == len(buffer):  # the usual case: the read held exactly one message
+        frame = bytes(buffer)
+        buffer.clear()
+        return frame
     frame = bytes(buffer[:size])
     del buffer[:size]
     return frame

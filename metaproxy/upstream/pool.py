@@ -29,7 +29,7 @@ from gevent.event import AsyncResult
 from gevent.hub import Waiter
 from gevent.lock import Semaphore
 
-from metaproxy.codec import Codec, CodecError, DecodeStatus
+from metaproxy.codec import DONE, Codec, CodecError
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
 from metaproxy.netio import SCRATCH, SCRATCH_VIEW, send_all
 from metaproxy.stats import ClusterStats
@@ -48,6 +48,7 @@ OVERFLOW = "UO"
 PROTOCOL_ERROR = "UPE"
 
 CodecFactory = Callable[[], Codec]
+_HEARTBEAT = MessageType.HEARTBEAT  # a global: enum class attribute reads are slow on 3.11
 #: Key in a downstream connection's leases holding its session-state requests (frames).
 SESSION_KEY = "__session__"
 
@@ -280,9 +281,9 @@ class MultiplexConnection:
                 buffer += SCRATCH_VIEW[:n]
                 while buffer:
                     md = Metadata()
-                    if self.codec.decode(buffer, md) is not DecodeStatus.DONE:
+                    if self.codec.decode(buffer, md) is not DONE:
                         break
-                    if md.get("message_type") is MessageType.HEARTBEAT:
+                    if md.get("message_type") is _HEARTBEAT:
                         # servers ping idle connections (Dubbo): answer, never match to a request
                         out = bytearray()
                         self.codec.heartbeat_reply(md, out)
@@ -597,7 +598,7 @@ class ExclusivePool(_Pool):
         while True:
             if buffer:
                 md = Metadata()
-                if conn.codec.decode(buffer, md) is DecodeStatus.DONE:
+                if conn.codec.decode(buffer, md) is DONE:
                     return md
             n = conn.sock.recv_into(SCRATCH)
             if not n:
