@@ -1,16 +1,37 @@
 """Access logs: one line per request, as JSON or an Envoy-style ``%FIELD%`` format string.
 
-A logger is a :class:`~metaproxy.observer.RequestObserver`: at ``request_end``
-it renders the line and appends it to an in-memory list; nothing else happens
-on the request path. A flusher greenlet writes the list out every
-``FLUSH_INTERVAL`` seconds (or sooner when it grows), handing the write itself
-to gevent's thread pool, so a slow disk or a full stdout pipe stalls neither
-the request nor the event loop. If the writer falls far behind, lines beyond
-``MAX_PENDING_LINES`` are dropped and counted (``dropped``) rather than
-letting memory grow without bound.
+A logger is a :class:`~metaproxy.observer.RequestObserver`. What it does per
+request is kept to the least that must happen while the request's objects are
+alive: at ``request_end`` it evaluates the optional filter, then *captures*
+the raw values its format needs (strings, ints, enum members already held by
+the request: no formatting, no dict) into a tuple appended to a list. Holding
+values rather than the request context matters: the context holds the
+message bytes, which must not outlive the request.
 
-Format strings are compiled once into a list of literals and field getters;
-see docs/observability.md for the fields.
+A flusher greenlet renders the captured records in batches and writes them
+every ``FLUSH_INTERVAL`` seconds (or sooner when ``WAKE_LINES`` are pending),
+handing the write itself to gevent's thread pool, so a slow disk or a full
+stdout pipe stalls neither the request nor the event loop. If the writer falls
+far behind, records beyond ``MAX_PENDING_LINES`` are dropped and counted
+(``dropped``) rather than letting memory grow without bound. ``close`` writes
+what is pending, so a drain or shutdown loses no line.
+
+Rendering is what costs (the same CPU, in the same process, whenever it runs),
+so a format is compiled once into a :class:`LinePlan`:
+
+* fields whose values repeat from request to request (protocol, service,
+  method, route, cluster, host, status, client address...) are grouped with
+  the literal text between them into *segments*; a segment is rendered and
+  escaped once per distinct tuple of values and then found by one dict lookup;
+* the fields that change with every request (start time, duration, request
+  id, sizes, trace id) are formatted inline, the start time from a cached
+  formatted second plus a table of milliseconds;
+* capture and render are generated as Python source from the field table
+  (like ``collections.namedtuple`` does), so a line is one f-string with no
+  call per field. Only names from the field table enter that source: format
+  literals and metadata keys are passed in as variables.
+
+See docs/observability.md for the fields and formats.
 """
 
 from __future__ import annotations
@@ -20,8 +41,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
-from enum import Enum
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import gevent
@@ -29,121 +49,87 @@ from gevent.event import Event
 
 from metaproxy.chain import RequestContext
 from metaproxy.config import AccessLogConfig
+from metaproxy.message import as_str
 from metaproxy.observer import RequestObserver
 from metaproxy.settings import parse_duration
 
-__all__ = ["AccessLogger", "FIELDS", "compile_format", "make_access_loggers", "make_filter"]
+__all__ = ["AccessLogger", "FIELDS", "LinePlan", "compile_format", "json_renderer", "make_access_loggers",
+           "make_filter", "text_renderer"]
 
 FLUSH_INTERVAL = 0.2
 #: Pending lines that wake the flusher before its interval ends.
 WAKE_LINES = 1024
 #: Pending lines kept at most when the writer cannot keep up; more are dropped and counted.
 MAX_PENDING_LINES = 100_000
+#: Records rendered between two yields of the flusher, so a backlog does not hold the event loop.
+RENDER_CHUNK = 1024
+#: Distinct values a segment cache keeps; past that it starts over (unbounded cardinality costs speed, not memory).
+SEGMENT_CACHE_SIZE = 4096
 
-Getter = Callable[[RequestContext, float], Any]
+_monotonic = time.monotonic
 
 
 # -- fields ----------------------------------------------------------------------
 
-class _WallClock:
-    """Monotonic -> wall time by an offset refreshed once per second, and the formatted second cached.
+class Field:
+    """One ``%FIELD%``: the expression that captures its raw value at request end, and how it renders.
 
-    ``ctx.start_time`` is monotonic (immune to clock steps); logs want wall time.
+    ``capture`` is Python source over ``ctx``, ``md`` (request Metadata),
+    ``err`` (``ctx.error``), ``resp`` (response Metadata or None), ``end``
+    (monotonic end time) and ``KEY`` (the field's key, for keyed fields).
+    ``kind`` picks the conversion (:func:`_plain`). ``stable`` fields usually
+    repeat between requests and are rendered through segment caches.
     """
 
-    __slots__ = ("offset", "refresh_at", "second", "text")
+    __slots__ = ("name", "key", "capture", "kind", "stable")
 
-    def __init__(self) -> None:
-        self.offset = 0.0
-        self.refresh_at = -1.0
-        self.second = -1
-        self.text = ""
+    def __init__(self, name: str, capture: str, kind: str, stable: bool, key: str | None = None) -> None:
+        self.name, self.capture, self.kind, self.stable, self.key = name, capture, kind, stable, key
 
-    def iso(self, monotonic: float, now: float) -> str:
-        if now >= self.refresh_at:
-            self.offset = time.time() - time.monotonic()
-            self.refresh_at = now + 1.0
-        wall = monotonic + self.offset
-        second = int(wall)
-        if second != self.second:
-            self.second, self.text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.text}.{int((wall - second) * 1000):03d}Z"
+    def keyed(self, key: str) -> Field:
+        return Field(self.name, self.capture, self.kind, self.stable, key)
+
+    def __repr__(self) -> str:
+        return f"%{self.name}({self.key})%" if self.key is not None else f"%{self.name}%"
 
 
-_CLOCK = _WallClock()
+_STATUS = "(err.kind if err is not None else None if resp is None else resp.get('response_status'))"
 
-
-def _start_time(ctx: RequestContext, end: float) -> str:
-    return _CLOCK.iso(ctx.start_time, end)
-
-
-def _duration(ctx: RequestContext, end: float) -> int:
-    # round, not truncate: 0.2 s measured as 0.19999... is 200 ms
-    return round((end - ctx.start_time) * 1000.0)
-
-
-def response_status(ctx: RequestContext) -> str:
-    """``success``/``error`` from the upstream, the error kind of a local reply, or ``-`` (oneway)."""
-    if ctx.error is not None:
-        return ctx.error.kind.value
-    response = ctx.response_metadata
-    if response is None:
-        return ""
-    status = response.get("response_status")
-    if status is None:
-        return ""
-    return status.value if isinstance(status, Enum) else str(status)
-
-
-def _md(key: str) -> Getter:
-    return lambda ctx, end: ctx.metadata.get_str(key, "")
-
-
-def _response_md(key: str) -> Getter:
-    def get(ctx: RequestContext, end: float) -> str:
-        response = ctx.response_metadata
-        return response.get_str(key, "") if response is not None else ""
-    return get
-
-
-def _trace_id(ctx: RequestContext, end: float) -> str:
-    return getattr(ctx.trace, "trace_id", "") or ""
-
-
-#: Field name -> getter. The JSON format writes every one of them, keys in lower case.
-FIELDS: dict[str, Getter] = {
-    "START_TIME": _start_time,
-    "DURATION": _duration,
-    "REQUEST_ID": lambda ctx, end: ctx.metadata.get("request_id", ""),
-    "PROTOCOL": lambda ctx, end: ctx.protocol,
-    "LISTENER": lambda ctx, end: ctx.listener,
-    "SERVICE": lambda ctx, end: ctx.metadata.get_str("service", ""),
-    "METHOD": lambda ctx, end: ctx.metadata.get_str("method", ""),
-    "ROUTE_NAME": lambda ctx, end: ctx.route_name,
-    "UPSTREAM_CLUSTER": lambda ctx, end: ctx.cluster_name,
-    "UPSTREAM_HOST": lambda ctx, end: ctx.upstream_host,
-    "RESPONSE_STATUS": lambda ctx, end: response_status(ctx),
-    "RESPONSE_FLAGS": lambda ctx, end: ctx.response_flags,
-    "ERROR_MESSAGE": lambda ctx, end: ctx.error.message if ctx.error is not None else "",
-    "ATTEMPTS": lambda ctx, end: ctx.attempts,
-    "BYTES_RECEIVED": lambda ctx, end: ctx.bytes_received,
-    "BYTES_SENT": lambda ctx, end: ctx.bytes_sent,
-    "DOWNSTREAM_REMOTE_ADDRESS": lambda ctx, end: ctx.downstream_address,
-    "DOWNSTREAM_PEER_IDENTITY": lambda ctx, end: ctx.peer_identity,
-    "TRACE_ID": _trace_id,
-}
-#: Fields that take a key: ``%METADATA(x-user)%``.
-KEYED_FIELDS: dict[str, Callable[[str], Getter]] = {
-    "METADATA": _md,
-    "RESPONSE_METADATA": _response_md,
+#: Field name -> Field. The JSON format writes every one of them, keys in lower case, in this order.
+FIELDS: dict[str, Field] = {f.name: f for f in (
+    Field("START_TIME", "ctx.start_time", "time", False),
+    Field("DURATION", "end - ctx.start_time", "duration", False),
+    Field("REQUEST_ID", "md.get('request_id')", "id", False),
+    Field("PROTOCOL", "ctx.protocol", "str", True),
+    Field("LISTENER", "ctx.listener", "str", True),
+    Field("SERVICE", "md.get('service')", "str", True),
+    Field("METHOD", "md.get('method')", "str", True),
+    Field("ROUTE_NAME", "getattr(ctx.route, 'name', None)", "str", True),
+    Field("UPSTREAM_CLUSTER", "ctx.cluster_name", "str", True),
+    Field("UPSTREAM_HOST", "ctx.upstream_host", "str", True),
+    Field("RESPONSE_STATUS", _STATUS, "status", True),
+    Field("RESPONSE_FLAGS", "ctx.response_flags", "str", True),
+    Field("ERROR_MESSAGE", "(None if err is None else err.message)", "str", True),
+    Field("ATTEMPTS", "ctx.attempts", "int", True),
+    Field("BYTES_RECEIVED", "ctx.bytes_received", "int", False),
+    Field("BYTES_SENT", "ctx.bytes_sent", "int", False),
+    Field("DOWNSTREAM_REMOTE_ADDRESS", "ctx.downstream_address", "str", True),
+    Field("DOWNSTREAM_PEER_IDENTITY", "ctx.peer_identity", "str", True),
+    Field("TRACE_ID", "ctx.trace", "trace", False),
+)}
+#: Fields that take a key: ``%METADATA(x-user)%``. Captured as strings (``get_str``): a value
+#: held past the request must not be a view of a buffer the connection reuses.
+KEYED_FIELDS: dict[str, Field] = {
+    "METADATA": Field("METADATA", "md.get_str(KEY)", "str", True),
+    "RESPONSE_METADATA": Field("RESPONSE_METADATA", "(None if resp is None else resp.get_str(KEY))", "str", True),
 }
 
 _FIELD = re.compile(r"%([A-Z_]+)(?:\(([^()%]*)\))?%")
 
 
-def compile_format(fmt: str) -> list[str | Getter]:
-    """Split a format string into literals and getters; ValueError names an unknown field."""
-    parts: list[str | Getter] = []
+def compile_format(fmt: str) -> list[str | Field]:
+    """Split a format string into literals and fields; ValueError names an unknown field."""
+    parts: list[str | Field] = []
     pos = 0
     for m in _FIELD.finditer(fmt):
         if m.start() > pos:
@@ -154,7 +140,7 @@ def compile_format(fmt: str) -> list[str | Getter]:
                 raise ValueError(f"unknown field %{name}(...)% (keyed fields: {', '.join(KEYED_FIELDS)})")
             if not key:
                 raise ValueError(f"%{name}()% needs a key, like %{name}(x-user)%")
-            parts.append(KEYED_FIELDS[name](key))
+            parts.append(KEYED_FIELDS[name].keyed(key))
         elif name in FIELDS:
             parts.append(FIELDS[name])
         else:
@@ -165,28 +151,76 @@ def compile_format(fmt: str) -> list[str | Getter]:
     return parts
 
 
-def _text(value: Any) -> str:
+# -- values ----------------------------------------------------------------------
+
+#: ".000Z" ... ".999Z", and once more ".999Z" for a fraction whose product rounds up to 1000.
+_MILLIS = tuple(f".{i:03d}Z" for i in range(1000)) + (".999Z",)
+
+
+class _WallClock:
+    """Monotonic -> wall time, the formatted second cached: ``2025-01-31T12:00:00.123Z``.
+
+    Request times are monotonic (immune to clock steps); logs want wall time.
+    The offset between the two is taken once per rendered batch. The cached
+    second is kept as a float range, so a line in the same second costs two
+    float comparisons and one table lookup.
+    """
+
+    __slots__ = ("offset", "base", "limit", "text")
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.base = self.limit = 0.0
+        self.text = ""
+        self.sync()
+
+    def sync(self) -> None:
+        self.offset = time.time() - time.monotonic()
+
+    def second(self, wall: float) -> tuple[float, float, str]:
+        """Make ``wall``'s second the cached one: (its start, its end, its text)."""
+        second = int(wall)
+        self.base = float(second)
+        self.limit = self.base + 1.0
+        self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self.base, self.limit, self.text
+
+    def iso(self, monotonic: float) -> str:
+        wall = monotonic + self.offset
+        if wall >= self.limit or wall < self.base:
+            self.second(wall)
+        return self.text + _MILLIS[int((wall - self.base) * 1000.0)]
+
+
+def _plain(kind: str, value: Any, clock: _WallClock) -> Any:
+    """A captured value as the log shows it (before text/JSON quoting); None or "" when empty."""
+    if value is None:
+        return None
+    if kind == "str":
+        return value if type(value) is str else as_str(value)
+    if kind == "status":
+        return as_str(value)  # the enums are str subclasses whose str() is their value
+    if kind == "trace":
+        return getattr(value, "trace_id", None)
+    if kind == "time":
+        return clock.iso(value)
+    if kind == "duration":
+        return round(value * 1000.0)  # round, not truncate: 0.2 s measured as 0.19999... is 200 ms
+    return value  # "int", "id": as captured
+
+
+def _text(kind: str, value: Any, clock: _WallClock) -> str:
+    value = _plain(kind, value, clock)
     if value is None or value == "":
         return "-"
     return value if type(value) is str else str(value)
 
 
-def text_renderer(fmt: str) -> Callable[[RequestContext, float], str]:
-    parts = compile_format(fmt if fmt.endswith("\n") else fmt + "\n")
-
-    def render(ctx: RequestContext, end: float) -> str:
-        return "".join(p if type(p) is str else _text(p(ctx, end)) for p in parts)  # type: ignore[operator]
-    return render
-
-
 _escape = json.encoder.encode_basestring  # type: ignore[attr-defined]  # the C string escaper
 
 
-def _js(value: str | None) -> str:
-    return _escape(value) if value else "null"
-
-
-def _jv(value: Any) -> str:
+def _json(kind: str, value: Any, clock: _WallClock) -> str:
+    value = _plain(kind, value, clock)
     if type(value) is int:
         return str(value)
     if value is None or value == "":
@@ -194,36 +228,230 @@ def _jv(value: Any) -> str:
     return _escape(value if type(value) is str else str(value))
 
 
-def json_renderer() -> Callable[[RequestContext, float], str]:
-    """Every field in FIELDS as one JSON object (keys in lower case); empty values are null.
+# -- compiled plans --------------------------------------------------------------
 
-    One f-string with the C string escaper, not a dict and ``json.dumps``:
-    this is the per-request cost of a JSON access log. A test checks that
-    its keys are exactly FIELDS.
+class _Segments(dict):  # type: ignore[type-arg]
+    """Captured values of a segment -> its rendered text; a miss renders it (bounded size).
+
+    Keys compare by value, so ``1`` and ``True`` (or ``1.0``) in the same field
+    share one rendering; no field of the request holds such mixed types.
     """
-    def render(ctx: RequestContext, end: float) -> str:
-        md = ctx.metadata
-        err = ctx.error
-        service, method = md.get("service"), md.get("method")
-        if type(service) is not str:
-            service = md.get_str("service")
-        if type(method) is not str:
-            method = md.get_str("method")
-        trace = ctx.trace
-        return (
-            f'{{"start_time":"{_CLOCK.iso(ctx.start_time, end)}","duration":{round((end - ctx.start_time) * 1000.0)},'
-            f'"request_id":{_jv(md.get("request_id"))},"protocol":{_js(ctx.protocol)},'
-            f'"listener":{_js(ctx.listener)},"service":{_js(service)},"method":{_js(method)},'
-            f'"route_name":{_js(ctx.route.name if ctx.route is not None else None)},'
-            f'"upstream_cluster":{_js(ctx.cluster_name)},"upstream_host":{_js(ctx.upstream_host)},'
-            f'"response_status":{_js(response_status(ctx))},"response_flags":{_js(ctx.response_flags)},'
-            f'"error_message":{_js(err.message if err is not None else None)},"attempts":{ctx.attempts},'
-            f'"bytes_received":{ctx.bytes_received},"bytes_sent":{ctx.bytes_sent},'
-            f'"downstream_remote_address":{_js(ctx.downstream_address)},'
-            f'"downstream_peer_identity":{_js(ctx.peer_identity)},'
-            f'"trace_id":{_js(getattr(trace, "trace_id", None) if trace is not None else None)}}}\n'
-        )
+
+    __slots__ = ("render", "limit")
+
+    def __init__(self, render: Callable[[Any], str], limit: int) -> None:
+        super().__init__()
+        self.render, self.limit = render, limit
+
+    def __missing__(self, key: Any) -> str:
+        text = self.render(key)
+        if len(self) >= self.limit:
+            self.clear()
+        self[key] = text
+        return text
+
+
+class _Uncached:
+    """A segment table that renders every time (for values that cannot be dict keys)."""
+
+    __slots__ = ("render",)
+
+    def __init__(self, render: Callable[[Any], str]) -> None:
+        self.render = render
+
+    def __getitem__(self, key: Any) -> str:
+        return self.render(key)
+
+
+def _literal(text: str) -> str:
+    """Python source of an f-string piece that is exactly ``text``."""
+    return "f" + repr(text.replace("{", "{{").replace("}", "}}"))
+
+
+class LinePlan:
+    """A compiled format: what ``request_end`` captures, and how the flusher renders records.
+
+    ``mode`` is ``"text"`` (empty values print ``-``) or ``"json"`` (the parts
+    already hold the JSON punctuation; values are JSON literals, empty ones
+    ``null``). A record is a flat tuple with one captured value per field.
+    Calling the plan renders one request's line (tests, tools).
+    """
+
+    def __init__(self, parts: Sequence[str | Field], mode: str) -> None:
+        self.parts = list(parts)
+        self.mode = mode
+        self.clock = _WallClock()
+        convert = _json if mode == "json" else _text
+        names: dict[str, Any] = {"CLOCK": self.clock, "CONVERT": convert, "MILLIS": _MILLIS,
+                                 "EMPTY": "null" if mode == "json" else "-"}
+        captures: list[str] = []  # one expression per field, in record order
+        template: list[str] = []  # f-string pieces of a line
+        steps: list[str] = []  # statements before a line is built (start times)
+        cached: dict[str, _Segments] = {}
+        uncached: dict[str, _Uncached] = {}
+        for item in _group(self.parts):
+            if isinstance(item, str):
+                template.append(_literal(item))
+            elif isinstance(item, Field):  # a field that changes with every request: formatted inline
+                var = f"v{len(captures)}"
+                captures.append(_capture_source(item, names))
+                template.append(_inline(item, var, mode, names, steps))
+            else:  # a segment: literals and stable fields, rendered once per distinct tuple of values
+                fields = [p for p in item if isinstance(p, Field)]
+                first = len(captures)
+                captures.extend(_capture_source(f, names) for f in fields)
+                key = ", ".join(f"v{i}" for i in range(first, len(captures)))
+                table = f"S{len(cached)}"
+                render = _segment_renderer(item, len(fields) == 1, convert, self.clock)
+                cached[table], uncached[table] = _Segments(render, SEGMENT_CACHE_SIZE), _Uncached(render)
+                template.append(f"f'{{{table}[{key if len(fields) == 1 else f'({key})'}]}}'")
+        record = f"({', '.join(captures)},)" if captures else "()"
+        locals_ = _capture_locals(record, "        ")
+        self.source = "\n".join((
+            _CAPTURE.format(capture_locals=_capture_locals(record, "    "), record=record),
+            _REQUEST_END.format(locals=locals_, record=record),
+            _RENDER.format(tables=", ".join(cached), steps="".join(steps),
+                           target=f"({', '.join(f'v{i}' for i in range(len(captures)))},)" if captures else "_",
+                           line=" ".join(template) or "''"),
+        ))
+        namespace = dict(names)
+        exec(compile(self.source, "<access log plan>", "exec"), namespace)  # noqa: S102 - see the module doc
+        #: ``capture(ctx, end) -> record``, for rendering one line outside a logger.
+        self.capture: Callable[[RequestContext, float], tuple[Any, ...]] = namespace["capture"]
+        #: ``make_request_end(logger, pending, accept, limit, wake_at, wake, monotonic) -> request_end(ctx)``
+        self.make_request_end: Callable[..., Callable[[RequestContext], None]] = namespace["make_request_end"]
+        self._fast = namespace["make_render"](**cached)
+        self._slow = namespace["make_render"](**uncached)
+
+    def render(self, records: list[tuple[Any, ...]]) -> str:
+        """The lines of captured records, joined."""
+        out: list[str] = []
+        try:
+            self._fast(records, out)
+        except TypeError:  # a captured value that cannot be a dict key (a list in Metadata): no cache
+            out = []
+            self._slow(records, out)
+        return "".join(out)
+
+    def __call__(self, ctx: RequestContext, end: float) -> str:
+        return self.render([self.capture(ctx, end)])
+
+
+_CAPTURE = """\
+def capture(ctx, end):
+{capture_locals}    return {record}
+"""
+
+# The request path of a logger: the filter first, then the bound, then one tuple appended.
+_REQUEST_END = """\
+def make_request_end(logger, pending, accept, limit, wake_at, wake, monotonic):
+    append = pending.append
+    def request_end(ctx):
+        end = monotonic()
+        if accept is not None and not accept(ctx, end):
+            return
+        n = len(pending)
+        if n >= limit:
+            logger.dropped += 1
+            return
+{locals}        append({record})
+        if n == wake_at:
+            wake()
+    return request_end
+"""
+
+# The start time: the wall-clock offset taken once per batch, the formatted second cached.
+_RENDER = """\
+def make_render({tables}):
+    def render(records, out):
+        append = out.append
+        CLOCK.sync()
+        offset, base, limit, second = CLOCK.offset, CLOCK.base, CLOCK.limit, CLOCK.text
+        for {target} in records:
+{steps}            append({line})
     return render
+"""
+
+
+def _capture_locals(record: str, indent: str) -> str:
+    """Statements binding the locals the capture expressions use (``md``, ``err``, ``resp``)."""
+    lines = ""
+    for local, source in (("md", "ctx.metadata"), ("err", "ctx.error"), ("resp", "ctx.response_metadata")):
+        if re.search(rf"\b{local}\b", record):
+            lines += f"{indent}{local} = {source}\n"
+    return lines
+
+
+def _group(parts: list[str | Field]) -> list[str | Field | list[str | Field]]:
+    """Runs of literals and stable fields become segments; changing fields and lone literals stay."""
+    items: list[str | Field | list[str | Field]] = []
+    run: list[str | Field] = []
+
+    def close_run() -> None:
+        if any(isinstance(p, Field) for p in run):
+            items.append(list(run))
+        elif run:
+            items.append("".join(run))  # type: ignore[arg-type]
+        run.clear()
+
+    for part in parts:
+        if isinstance(part, Field) and not part.stable:
+            close_run()
+            items.append(part)
+        else:
+            run.append(part)
+    close_run()
+    return items
+
+
+def _capture_source(field: Field, names: dict[str, Any]) -> str:
+    if field.key is None:
+        return field.capture
+    key_name = f"K{len(names)}"
+    names[key_name] = field.key
+    return field.capture.replace("KEY", key_name)
+
+
+def _inline(field: Field, var: str, mode: str, names: dict[str, Any], steps: list[str]) -> str:
+    """f-string source rendering a changing field from its captured value ``var``."""
+    kind = field.kind
+    names[f"KIND_{kind}"] = kind
+    slow = f"CONVERT(KIND_{kind}, {var}, CLOCK)"
+    if kind == "time":  # never needs escaping: JSON only adds the quotes
+        wall = f"w{var}"
+        steps.append(f"            {wall} = {var} + offset\n"
+                     f"            if {wall} >= limit or {wall} < base:\n"
+                     f"                base, limit, second = CLOCK.second({wall})\n")
+        text = f"{{second}}{{MILLIS[int(({wall} - base) * 1000.0)]}}"
+        return f"f'\"{text}\"'" if mode == "json" else f"f'{text}'"
+    if kind == "duration":
+        return f"f'{{round({var} * 1000.0)}}'"
+    if kind in ("int", "id"):
+        return f"f'{{{var} if {var}.__class__ is int else {slow}}}'"
+    return f"f'{{EMPTY if {var} is None else {slow}}}'"
+
+
+def _segment_renderer(parts: list[str | Field], single: bool, convert: Callable[[str, Any, _WallClock], str],
+                      clock: _WallClock) -> Callable[[Any], str]:
+    def render(key: Any) -> str:
+        values = iter((key,) if single else key)
+        return "".join(p if isinstance(p, str) else convert(p.kind, next(values), clock) for p in parts)
+    return render
+
+
+def text_renderer(fmt: str) -> LinePlan:
+    """The plan of a ``%FIELD%`` format string (a newline is added when missing)."""
+    return LinePlan(compile_format(fmt if fmt.endswith("\n") else fmt + "\n"), "text")
+
+
+def json_renderer() -> LinePlan:
+    """Every field in FIELDS as one JSON object (keys in lower case, in FIELDS order); empty values are null."""
+    parts: list[str | Field] = []
+    for index, field in enumerate(FIELDS.values()):
+        parts.append(("{" if index == 0 else ",") + json.dumps(field.name.lower()) + ":")
+        parts.append(field)
+    parts.append("}\n")
+    return LinePlan(parts, "json")
 
 
 # -- filters ---------------------------------------------------------------------
@@ -300,60 +528,84 @@ class Sink:
 
 
 class AccessLogger(RequestObserver):
-    """One ``access_log`` entry: a renderer, an optional filter, and a buffered sink."""
+    """One ``access_log`` entry: a compiled plan, an optional filter, and a buffered sink."""
 
-    def __init__(self, sink: Sink, render: Callable[[RequestContext, float], str],
+    def __init__(self, sink: Sink, plan: LinePlan,
                  accept: Callable[[RequestContext, float], bool] | None = None,
                  flush_interval: float = FLUSH_INTERVAL) -> None:
         self.sink = sink
-        self.render = render
+        self.plan = plan
         self.accept = accept
         self.flush_interval = flush_interval
         self.written = 0
         self.dropped = 0
-        self._pending: list[str] = []
+        #: Captured records waiting for the flusher. Never replaced, only emptied: request_end keeps
+        #: its bound ``append``.
+        self._pending: list[tuple[Any, ...]] = []
         self._wake = Event()
         self._closed = False
+        # The request path, generated with the plan's capture inlined; it shadows the method below.
+        self.request_end = plan.make_request_end(  # type: ignore[method-assign]
+            self, self._pending, accept, MAX_PENDING_LINES, WAKE_LINES, self._wake.set, _monotonic)
         self._flusher = gevent.spawn(self._flush_loop)
 
     def request_end(self, ctx: RequestContext) -> None:
-        end = time.monotonic()
+        """Filter, then capture the record (the instance's generated ``request_end`` does this)."""
+        end = _monotonic()
         if self.accept is not None and not self.accept(ctx, end):
             return
-        pending = self._pending
-        if len(pending) >= MAX_PENDING_LINES:
+        if len(self._pending) >= MAX_PENDING_LINES:
             self.dropped += 1
             return
-        pending.append(self.render(ctx, end))
-        if len(pending) == WAKE_LINES:
-            self._wake.set()
+        self._pending.append(self.plan.capture(ctx, end))
+
+    def render(self, ctx: RequestContext, end: float) -> str:
+        """The line of one request, rendered now (tests and tools; the logger itself renders in batches)."""
+        return self.plan(ctx, end)
 
     def _flush_loop(self) -> None:
         pool = gevent.get_hub().threadpool
         while not self._closed:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
-            lines = self._take()
-            if lines:
+            data = self._take(yielding=True)
+            if data:
                 try:
-                    pool.apply(self.sink.write, (lines,))
+                    pool.apply(self.sink.write, (data,))
                 except OSError as exc:
                     self._write_failed(exc)
 
-    def _take(self) -> bytes:
-        lines, self._pending = self._pending, []
-        self.written += len(lines)
-        return "".join(lines).encode("utf-8", "replace")
+    def _take(self, yielding: bool = False) -> bytes:
+        """Render and encode every pending record; ``yielding`` lets requests run between chunks."""
+        pending = self._pending
+        if not pending:
+            return b""
+        records = pending.copy()
+        pending.clear()
+        self.written += len(records)
+        chunks = []
+        for start in range(0, len(records), RENDER_CHUNK):
+            batch = records[start:start + RENDER_CHUNK]
+            try:
+                chunks.append(self.plan.render(batch))
+            except Exception as exc:  # a bug in rendering must cost lines, never the flusher or a request
+                self.written -= len(batch)
+                self.dropped += len(batch)
+                sys.stderr.write(f"metaproxy: access log {self.sink.path}: {len(batch)} lines not rendered: "
+                                 f"{type(exc).__name__}: {exc}\n")
+            if yielding and start + RENDER_CHUNK < len(records):
+                gevent.sleep(0)
+        return "".join(chunks).encode("utf-8", "replace")
 
     def _write_failed(self, exc: OSError) -> None:
         sys.stderr.write(f"metaproxy: access log {self.sink.path}: write failed: {exc}\n")
 
     def flush(self) -> None:
-        """Write what is pending now, on the caller's greenlet (tests and shutdown)."""
-        lines = self._take()
-        if lines:
+        """Render and write what is pending now, on the caller's greenlet (tests and shutdown)."""
+        data = self._take()
+        if data:
             try:
-                self.sink.write(lines)
+                self.sink.write(data)
             except OSError as exc:
                 self._write_failed(exc)
 

@@ -9,7 +9,7 @@ one thread), no string formatting, no dict lookups by name. Exposition
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from collections.abc import Iterator
 
 #: Latency bucket bounds in milliseconds (Envoy's default histogram buckets).
@@ -43,9 +43,15 @@ class Gauge:
 
 
 class Histogram:
-    """Cumulative-free bucket counts plus sum and count; quantiles estimated on read."""
+    """Cumulative-free bucket counts plus sum and count; quantiles estimated on read.
 
-    __slots__ = ("bounds", "counts", "sum", "count")
+    ``observe`` searches a float copy of the bounds (``_keys``): comparing a
+    float latency with int bounds such as ``1`` or ``100`` costs about twice a
+    float-float comparison, and three histograms are observed per request.
+    ``bounds`` keeps the values as given, so the exposition prints ``10``, not ``10.0``.
+    """
+
+    __slots__ = ("_bounds", "_keys", "counts", "sum", "count")
 
     def __init__(self, bounds: tuple[float, ...] = DEFAULT_BUCKETS_MS) -> None:
         self.bounds = bounds
@@ -53,8 +59,17 @@ class Histogram:
         self.sum = 0.0
         self.count = 0
 
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        return self._bounds
+
+    @bounds.setter
+    def bounds(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._keys = tuple(float(b) for b in bounds)
+
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.counts[bisect_left(self._keys, value)] += 1
         self.sum += value
         self.count += 1
 
@@ -155,27 +170,42 @@ class ListenerStats:
 
         for kind in ErrorType:
             self.local_response_error[kind] = c(scope, f"local_response_error.{kind.value}")
-        self._max_methods = max_methods
-        self._methods: dict[str, tuple[Counter, Histogram]] = {}
-        self._routes: dict[str, Counter] = {}
+        #: ``method(name) -> (request counter, latency histogram)`` and ``route_request(route) -> counter``
+        #: are bound ``__getitem__`` of the tables below: a known name costs one C-level dict lookup
+        #: (no Python frame), a new one goes through ``__missing__``.
+        self._methods = _MethodTable(store, scope, max_methods)
+        self._routes = _RouteTable(store, scope)
+        self.method = self._methods.__getitem__
+        self.route_request = self._routes.__getitem__
 
-    def method(self, name: str) -> tuple[Counter, Histogram]:
-        """Request counter and latency histogram of one method; bounded cardinality (others -> ``_other``)."""
-        found = self._methods.get(name)
-        if found is None:
-            if len(self._methods) >= self._max_methods:
-                name = "_other"
-                found = self._methods.get(name)
-            if found is None:
-                found = (self.store.counter(f"{self.scope}.method.{name}", "request"),
-                         self.store.histogram(f"{self.scope}.method.{name}", "request_time_ms"))
-                self._methods[name] = found
+
+class _MethodTable(dict[str, tuple[Counter, Histogram]]):
+    """Method name -> (counter, histogram); bounded: past ``limit`` names the rest share ``_other``."""
+
+    def __init__(self, store: StatsStore, scope: str, limit: int) -> None:
+        super().__init__()
+        self.store, self.scope, self.limit = store, scope, limit
+
+    def __missing__(self, name: str) -> tuple[Counter, Histogram]:
+        if len(self) >= self.limit:
+            other = self.get("_other")
+            if other is not None:
+                return other  # not stored under ``name``: the table stays bounded
+            name = "_other"
+        scope = f"{self.scope}.method.{name}"
+        found = self[name] = (self.store.counter(scope, "request"), self.store.histogram(scope, "request_time_ms"))
         return found
 
-    def route_request(self, route: str) -> Counter:
-        counter = self._routes.get(route)
-        if counter is None:
-            counter = self._routes[route] = self.store.counter(f"{self.scope}.route.{route}", "request")
+
+class _RouteTable(dict[str, Counter]):
+    """Route name -> request counter (routes come from config: their number is bounded by it)."""
+
+    def __init__(self, store: StatsStore, scope: str) -> None:
+        super().__init__()
+        self.store, self.scope = store, scope
+
+    def __missing__(self, route: str) -> Counter:
+        counter = self[route] = self.store.counter(f"{self.scope}.route.{route}", "request")
         return counter
 
 

@@ -6,6 +6,8 @@ import json
 
 import gevent
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from metaproxy import accesslog
 from metaproxy.accesslog import AccessLogger, Sink, compile_format, make_access_loggers, text_renderer
@@ -165,3 +167,201 @@ def test_check_access_logs_reports_every_problem_without_opening_files(tmp_path)
     assert problems == ["access_log[0].format: unknown field %X%",
                         "access_log[1].filter: status: expected 'error' or 'success', got 'maybe'"]
     assert not target.exists()
+
+
+# -- the batched, compiled renderer -----------------------------------------------
+
+def expected_record(ctx: RequestContext, end: float) -> dict:
+    """The JSON line of ``ctx`` written the plain way (a dict and json.dumps), to compare with."""
+    md, err, resp = ctx.metadata, ctx.error, ctx.response_metadata
+
+    def s(value):
+        return None if value in (None, "") else str(value)
+
+    status = err.kind.value if err is not None else (str(resp["response_status"]) if resp else None)
+    return {
+        "duration": round((end - ctx.start_time) * 1000), "request_id": md.get("request_id"),
+        "protocol": s(ctx.protocol), "listener": s(ctx.listener), "service": s(md.get("service")),
+        "method": s(md.get("method")), "route_name": s(getattr(ctx.route, "name", None)),
+        "upstream_cluster": s(ctx.cluster_name), "upstream_host": s(ctx.upstream_host), "response_status": s(status),
+        "response_flags": s(ctx.response_flags), "error_message": s(err.message if err else None),
+        "attempts": ctx.attempts, "bytes_received": ctx.bytes_received, "bytes_sent": ctx.bytes_sent,
+        "downstream_remote_address": s(ctx.downstream_address), "downstream_peer_identity": s(ctx.peer_identity),
+        "trace_id": s(getattr(ctx.trace, "trace_id", None)),
+    }
+
+
+def numbered(request_id: int) -> RequestContext:
+    ctx = request()
+    ctx.metadata["request_id"] = request_id
+    return ctx
+
+
+class _Route:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Trace:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_json_lines_match_a_plain_rendering_key_by_key_and_in_order():
+    plan = accesslog.json_renderer()
+    ok = answered(request())
+    ok.route, ok.trace, ok.peer_identity = _Route("canary"), _Trace(), "spiffe://cluster.local/ns/a/sa/b"
+    app_error = answered(request("boom"), ResponseStatus.ERROR)
+    timeout = failed(request("sleep"), ErrorType.TIMEOUT, "UT")
+    oneway = request("fire")  # no response, no error: status empty
+    for ctx in (ok, app_error, timeout, oneway):
+        end = ctx.start_time + 0.0125
+        line = plan(ctx, end)
+        assert line.endswith("}\n") and line.count("\n") == 1
+        record = json.loads(line)
+        assert list(record) == [name.lower() for name in accesslog.FIELDS]
+        del record["start_time"]
+        assert record == expected_record(ctx, end)
+
+
+def test_batches_render_the_same_lines_as_one_at_a_time():
+    plan = accesslog.json_renderer()
+    contexts = [answered(request(f"m{i % 3}")) for i in range(50)] + [failed(request(), ErrorType.OVER_LIMIT, "RL")]
+    records = [plan.capture(ctx, ctx.start_time + 0.001 * i) for i, ctx in enumerate(contexts)]
+    one_by_one = "".join(plan.render([record]) for record in records)
+    assert plan.render(records) == one_by_one
+    assert [json.loads(line)["method"] for line in one_by_one.splitlines()[:4]] == ["m0", "m1", "m2", "m0"]
+
+
+def test_start_time_is_the_wall_clock_time_of_the_monotonic_start():
+    import calendar
+    import time
+
+    clock = accesslog._WallClock()
+    now_mono, now_wall = time.monotonic(), time.time()
+    for delta in (0.0, 0.2501, 0.9995, 1.0, 61.25, -3600.5, 0.5):  # back and forth across seconds
+        text = clock.iso(now_mono + delta)
+        assert text.endswith("Z") and len(text) == len("2025-01-31T12:00:00.123Z")
+        parsed = calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + int(text[20:23]) / 1000
+        assert abs(parsed - (now_wall + delta)) < 0.01, (delta, text)  # the offset was taken a moment apart
+    plan = text_renderer("%START_TIME%")
+    ctx = request()
+    assert plan(ctx, ctx.start_time) == clock.iso(ctx.start_time) + "\n"
+
+
+def test_text_literals_are_kept_exactly_braces_quotes_backslashes_and_percent():
+    render = text_renderer('{x} "q" \'s\' \\n %% {{%METHOD%}} %PROTOCOL%\t|')
+    assert render(request(), 0.0) == '{x} "q" \'s\' \\n %% {{sayHello}} tinyrpc\t|\n'
+
+
+def test_a_metadata_value_that_cannot_be_a_cache_key_is_still_rendered():
+    plan = accesslog.json_renderer()
+    ctx = request(method=["not", "hashable"])
+    record = json.loads(plan(ctx, ctx.start_time))
+    assert record["method"] == "['not', 'hashable']"
+    text = text_renderer("%METHOD% %SERVICE%")
+    assert text(ctx, 0.0) == "['not', 'hashable'] demo\n"
+
+
+def test_segment_caches_stay_bounded_and_correct(monkeypatch):
+    monkeypatch.setattr(accesslog, "SEGMENT_CACHE_SIZE", 8)
+    plan = text_renderer("%METHOD% %UPSTREAM_HOST%")
+    contexts = [answered(request(f"m{i}")) for i in range(40)]
+    lines = plan.render([plan.capture(ctx, 0.0) for ctx in contexts * 2]).splitlines()
+    assert lines == [f"m{i} 127.0.0.1:9191" for i in range(40)] * 2
+    table = accesslog._Segments(str, 8)
+    for i in range(100):
+        assert table[i] == str(i)
+    assert len(table) <= 8
+
+
+def test_the_filter_runs_before_anything_is_captured(tmp_path):
+    class Exploding:
+        """A metadata that fails when read: capturing it would raise."""
+
+        def __getattr__(self, name):
+            raise AssertionError(f"captured {name} of a filtered-out request")
+
+    [logger] = make_access_loggers([AccessLogConfig(path=str(tmp_path / "a.log"), filter={"status": "error"})])
+    ctx = answered(request())
+    ctx.metadata = Exploding()  # type: ignore[assignment]
+    logger.request_end(ctx)
+    assert logger._pending == []  # type: ignore[attr-defined]
+    logger.close()
+    assert (tmp_path / "a.log").read_text() == ""
+
+
+def test_the_logger_is_still_seen_as_a_request_end_observer(tmp_path):
+    from metaproxy.observer import overriding
+
+    [logger] = make_access_loggers([AccessLogConfig(path=str(tmp_path / "a.log"))])
+    assert overriding([logger], "request_end") == [logger]
+    assert overriding([logger], "request_start") == []
+    logger.close()
+
+
+def test_close_writes_every_pending_line_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(accesslog, "RENDER_CHUNK", 100)
+    path = tmp_path / "a.log"
+    [logger] = make_access_loggers([AccessLogConfig(path=str(path), format="%REQUEST_ID%")])
+    for i in range(3 * accesslog.WAKE_LINES + 7):  # no yield: everything is still pending at close
+        logger.request_end(numbered(i))
+    logger.close()
+    assert path.read_text().split() == [str(i) for i in range(3 * accesslog.WAKE_LINES + 7)]
+    assert (logger.written, logger.dropped) == (3 * accesslog.WAKE_LINES + 7, 0)  # type: ignore[attr-defined]
+
+
+def test_the_flusher_renders_a_backlog_in_chunks_and_loses_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(accesslog, "RENDER_CHUNK", 64)
+    path = tmp_path / "a.log"
+    sink = Sink(str(path))
+    sink.users += 1
+    logger = AccessLogger(sink, text_renderer("%REQUEST_ID%"), flush_interval=0.01)
+    total = 0
+    for _burst in range(5):
+        for _ in range(700):
+            logger.request_end(numbered(total))
+            total += 1
+        gevent.sleep(0.005)  # requests yield: the flusher may run between bursts
+    deadline = 400
+    while len(path.read_text().split()) < total and deadline:
+        gevent.sleep(0.01)
+        deadline -= 1
+    assert path.read_text().split() == [str(i) for i in range(total)]
+    logger.close()
+
+
+def test_a_render_failure_costs_its_lines_not_the_flusher(tmp_path, capsys):
+    path = tmp_path / "a.log"
+    [logger] = make_access_loggers([AccessLogConfig(path=str(path), format="%METHOD%")])
+    logger.request_end(request("first"))
+    real = logger.plan.render  # type: ignore[attr-defined]
+    logger.plan.render = lambda records: 1 / 0  # type: ignore[attr-defined]
+    logger.flush()  # type: ignore[attr-defined]
+    logger.plan.render = real  # type: ignore[attr-defined]
+    logger.request_end(request("second"))
+    logger.close()
+    assert path.read_text() == "second\n"
+    assert (logger.written, logger.dropped) == (1, 1)  # type: ignore[attr-defined]
+    assert "1 lines not rendered: ZeroDivisionError" in capsys.readouterr().err
+
+
+_PLAN = accesslog.json_renderer()
+_TEXT = text_renderer("%METADATA(x-user)%|%SERVICE%")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(service=st.text(), method=st.text(), user=st.text(), message=st.text(), host=st.text(max_size=8))
+def test_json_lines_stay_valid_json_for_any_unicode(service, method, user, message, host):
+    ctx = request(method, **{"x-user": user})
+    ctx.metadata["service"] = service
+    ctx.upstream_host = host
+    ctx.error = ProxyError(ErrorType.UNSPECIFIED, message)
+    line = _PLAN(ctx, ctx.start_time)
+    assert line.endswith("}\n") and line.count("\n") == 1  # control characters are escaped
+    record = json.loads(line.encode("utf-8", "replace").decode("utf-8"))  # as written to the file
+    assert (record["service"], record["method"], record["error_message"], record["upstream_host"]) == \
+        tuple(value or None for value in (service, method, ctx.error.message, host))
+    # the segment cache answers a second request with the same values identically
+    assert _PLAN(ctx, ctx.start_time) == line
+    text = _TEXT(ctx, 0.0)
+    assert text == f"{user or '-'}|{service or '-'}\n"

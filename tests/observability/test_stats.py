@@ -1,0 +1,49 @@
+"""Stats objects: histogram buckets, bounded per-method stats, per-route counters (in process)."""
+
+from __future__ import annotations
+
+from metaproxy.stats import DEFAULT_BUCKETS_MS, Histogram, ListenerStats, StatsStore
+
+
+def test_histogram_buckets_are_upper_bound_inclusive_for_floats_and_ints():
+    hist = Histogram((1, 5, 10))
+    for value in (0.2, 1, 1.0, 1.0001, 5, 9.99, 10.0, 10.5, 1000):
+        hist.observe(value)
+    assert hist.counts == [3, 2, 2, 2]
+    assert (hist.count, hist.sum) == (9, 0.2 + 1 + 1.0 + 1.0001 + 5 + 9.99 + 10.0 + 10.5 + 1000)
+
+
+def test_histogram_keeps_its_bounds_as_given_and_searches_new_ones():
+    store = StatsStore()
+    hist = store.histogram("s", "t")
+    assert hist.bounds is DEFAULT_BUCKETS_MS
+    hist.observe(7.0)
+    assert store.text() == "s.t: count=1 sum=7.000 P50=10 P99=10\n"  # int bounds print as ints
+    hist.bounds = (100.0, 200.0)  # as merging worker snapshots does
+    hist.counts = [0, 0, 0]
+    hist.observe(150.0)
+    assert hist.counts == [0, 1, 0]
+
+
+def test_method_stats_are_bounded_and_reused():
+    store = StatsStore()
+    ls = ListenerStats(store, "in", max_methods=2)
+    first = ls.method("a")
+    assert ls.method("a") is first
+    ls.method("b")
+    other = ls.method("c")
+    assert ls.method("d") is other
+    assert other[0] is store.counter("metaprotocol.in.method._other", "request")
+    assert first[1] is store.histogram("metaprotocol.in.method.a", "request_time_ms")
+    assert sorted(scope for scope, name, _ in store.items() if ".method." in scope and name == "request") == [
+        "metaprotocol.in.method._other", "metaprotocol.in.method.a", "metaprotocol.in.method.b"]
+
+
+def test_route_counters_are_made_once_per_route():
+    store = StatsStore()
+    ls = ListenerStats(store, "in")
+    ls.route_request("canary").inc()
+    ls.route_request("canary").inc()
+    ls.route_request("default").inc()
+    assert store.value("metaprotocol.in.route.canary", "request") == 2
+    assert store.value("metaprotocol.in.route.default", "request") == 1
