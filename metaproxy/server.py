@@ -279,6 +279,8 @@ class DownstreamConnection:
         self.last_activity = time.monotonic()
         self.partial_since = 0.0
         self._write_lock = Semaphore()
+        #: The kernel socket under gevent's, for the write fast path (None for TLS: it must encrypt).
+        self._raw = None if isinstance(sock, ssl.SSLSocket) else getattr(sock, "_sock", None)
         #: Bytes this connection holds: requests in flight plus replies not yet taken by the kernel.
         #: Over ``max_buffered_bytes`` the reader stops reading (a watermark, as Envoy has).
         self.buffered = 0
@@ -472,9 +474,12 @@ class DownstreamConnection:
         if self.identity:
             ctx.peer_identity = md["peer_identity"] = self.identity
         ctx.routes = listener.routes.current
-        ctx.leases = self.leases
-        ctx.order = order
-        oneway = md.get("message_type") is _ONEWAY
+        if self.leases is not None:
+            ctx.leases = self.leases
+        if order is not None:
+            ctx.order = order
+        message_type = md.get("message_type")
+        oneway = message_type is _ONEWAY
         if oneway:
             stats.request_oneway.inc()
         downstream_id = md.get("request_id")
@@ -485,7 +490,7 @@ class DownstreamConnection:
             obs.request_start(ctx)
         out = bytearray()
         try:
-            if md.get("message_type") in _STREAMS:
+            if message_type in _STREAMS:
                 error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, "streams are not supported by this proxy")
             else:
                 error = listener.chain.run_request(ctx)
@@ -542,6 +547,17 @@ class DownstreamConnection:
         return out
 
     def send(self, data: bytes | bytearray) -> None:
+        raw = self._raw
+        if raw is not None and not self._write_lock.locked():
+            # Nobody is mid-write, so bytes written now keep their order; the kernel usually
+            # takes a reply whole, and then nothing was buffered and nothing needs accounting.
+            try:
+                sent = raw.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
         size = len(data)
         self.buffered += size
         BUDGET.used += size
