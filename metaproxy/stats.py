@@ -42,6 +42,18 @@ class Gauge:
         self.value = value
 
 
+_SEARCH_KEYS: dict[tuple[float, ...], tuple[float, ...]] = {}
+
+
+def _search_keys(bounds: tuple[float, ...]) -> tuple[float, ...]:
+    """The bounds as floats, one shared tuple per distinct bounds (so histograms can tell they match)."""
+    bounds = tuple(bounds)
+    keys = _SEARCH_KEYS.get(bounds)
+    if keys is None:
+        keys = _SEARCH_KEYS[bounds] = tuple(float(b) for b in bounds)
+    return keys
+
+
 class Histogram:
     """Cumulative-free bucket counts plus sum and count; quantiles estimated on read.
 
@@ -66,7 +78,7 @@ class Histogram:
     @bounds.setter
     def bounds(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
-        self._keys = tuple(float(b) for b in bounds)
+        self._keys = _search_keys(bounds)
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self._keys, value)] += 1
@@ -177,6 +189,25 @@ class ListenerStats:
         self._routes = _RouteTable(store, scope)
         self.method = self._methods.__getitem__
         self.route_request = self._routes.__getitem__
+
+    def request_done(self, method: str, elapsed_ms: float) -> None:
+        """A finished request's latency and method stats in one call (what ``request_time_ms.observe``,
+        ``method()``, ``counter.inc()`` and ``histogram.observe`` do in four).
+
+        The listener and method histograms share their bounds, so the bucket is searched once.
+        """
+        listener = self.request_time_ms
+        counter, histogram = self.method(method)
+        index = bisect_left(listener._keys, elapsed_ms)
+        listener.counts[index] += 1
+        listener.sum += elapsed_ms
+        listener.count += 1
+        counter.value += 1
+        if histogram._keys is not listener._keys:  # bounds changed on one of them: search its own
+            index = bisect_left(histogram._keys, elapsed_ms)
+        histogram.counts[index] += 1
+        histogram.sum += elapsed_ms
+        histogram.count += 1
 
 
 class _MethodTable(dict[str, tuple[Counter, Histogram]]):

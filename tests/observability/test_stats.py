@@ -47,3 +47,21 @@ def test_route_counters_are_made_once_per_route():
     ls.route_request("default").inc()
     assert store.value("metaprotocol.in.route.canary", "request") == 2
     assert store.value("metaprotocol.in.route.default", "request") == 1
+
+
+def test_request_done_equals_the_four_separate_operations():
+    fused, separate = StatsStore(), StatsStore()
+    a, b = ListenerStats(fused, "in"), ListenerStats(separate, "in")
+    for method, ms in (("x", 0.3), ("y", 7.0), ("x", 1.0), ("x", 70000.0)):
+        a.request_done(method, ms)
+        b.request_time_ms.observe(ms)
+        counter, hist = b.method(method)
+        counter.inc()
+        hist.observe(ms)
+    assert fused.text() == separate.text()
+    assert a.method("x")[1].counts == b.method("x")[1].counts
+    a.method("y")[1].bounds = (1, 2)  # a histogram whose bounds differ is searched on its own
+    a.method("y")[1].counts = [0, 0, 0]
+    a.request_done("y", 1.5)
+    assert a.method("y")[1].counts == [0, 1, 0]
+    assert (a.request_time_ms.count, a.request_time_ms.counts[a.request_time_ms.bounds.index(5)]) == (5, 1)
