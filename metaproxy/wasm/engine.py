@@ -83,6 +83,9 @@ def get_engine(fuel: bool) -> wasmtime.Engine:
             config = wasmtime.Config()
             config.epoch_interruption = True
             config.consume_fuel = fuel
+            # A linear memory's base address then never changes (it grows in place inside its
+            # reservation): the host caches the base and re-reads only the size (native.GuestMemory).
+            config.memory_may_move = False
             engine = wasmtime.Engine(config)
             start_thread, sleep = _original_threading()
             start_thread(_tick_forever, (engine, sleep))

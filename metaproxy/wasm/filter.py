@@ -45,7 +45,7 @@ from metaproxy.settings import Section
 from metaproxy.stats import StatsStore
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.native import WasmTrap
-from metaproxy.wasm.vm import StreamSentinel, VmSpec, WasmModuleError, WasmVm
+from metaproxy.wasm.vm import FORKS, StreamSentinel, VmSpec, WasmModuleError, WasmVm
 
 log = logging.getLogger("metaproxy.wasm")
 
@@ -149,7 +149,7 @@ class WasmFilter(Filter):
     def _ready_vm(self) -> WasmVm | ProxyError:
         """This worker's VM, rebuilt if a trap broke it (within the crash-loop budget), or the error to reply."""
         vm = self._vm
-        if vm.pid != os.getpid():  # forked worker: never share an instance (or an engine) across processes
+        if vm.forks != FORKS[0]:  # forked worker: never share an instance (or an engine) across processes
             self._vm = vm = WasmVm(self.spec, self.metrics, log)
         if vm.finished_elsewhere and vm.broken is None:
             vm.finish_pending()  # before this request: if that traps, this request still gets a fresh VM
@@ -186,9 +186,11 @@ class WasmFilter(Filter):
 
     # -- hooks ---------------------------------------------------------------------------------------------
     def on_request(self, ctx: RequestContext) -> ProxyError | None:
-        vm = self._ready_vm()
-        if isinstance(vm, ProxyError):
-            return None if self.fail_open else vm
+        vm = self._vm
+        if vm.broken is not None or vm.finished_elsewhere or vm.forks != FORKS[0]:
+            vm = self._ready_vm()
+            if isinstance(vm, ProxyError):
+                return None if self.fail_open else vm
         try:
             stream, reply = vm.request_headers(ctx)
         except WasmTrap as trap:
@@ -232,7 +234,7 @@ class WasmFilter(Filter):
             if self._closed:
                 return
             vm = self._vm
-            if vm.broken is not None or vm.pid != os.getpid():
+            if vm.broken is not None or vm.forks != FORKS[0]:
                 continue
             try:
                 vm.tick()

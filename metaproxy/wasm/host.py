@@ -20,12 +20,15 @@ instance), and log lines are kept in :attr:`AbiHost.logs` until the call returns
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
-from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError
+from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError, as_str
 from metaproxy.wasm import abi, properties
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.native import GuestExit, GuestFunction, GuestMemory
@@ -35,6 +38,7 @@ _PY_LEVEL_TO_ABI = ((logging.DEBUG, abi.LOG_DEBUG), (logging.INFO, abi.LOG_INFO)
 _ABI_TO_PY_LEVEL = {abi.LOG_TRACE: logging.DEBUG, abi.LOG_DEBUG: logging.DEBUG, abi.LOG_INFO: logging.INFO,
                     abi.LOG_WARN: logging.WARNING, abi.LOG_ERROR: logging.ERROR, abi.LOG_CRITICAL: logging.CRITICAL}
 _U32_MAX = 0xFFFFFFFF
+_U32 = struct.Struct("<I")
 
 
 def error_kind_for(status: int, grpc_status: int) -> ErrorType:
@@ -81,25 +85,16 @@ class Identity:
         self.module_name = module_name
 
 
-def no_memory(func: Any) -> Any:
-    """Mark a host function that reads no guest memory up front: the per-call memory sync is skipped."""
-    func.no_memory = True
-    return func
-
-
-@no_memory
 def unimplemented(*_args: int) -> int:
     """Any Proxy-Wasm function metaproxy does not offer (HTTP/gRPC calls, shared data, queues...)."""
     return abi.UNIMPLEMENTED
 
 
-@no_memory
 def wasi_unsupported(*_args: int) -> int:
     """Filesystem, sockets and the like: not in the sandbox."""
     return abi.WASI_NOTSUP
 
 
-@no_memory
 def wasi_bad_fd(*_args: int) -> int:
     """fd_* and path_* calls: there are no open files nor directories (this ends wasi-libc's preopen scan)."""
     return abi.WASI_BADF
@@ -116,7 +111,8 @@ class AbiHost:
         self.metrics = metrics
         self.logger = logger
         self.memory: GuestMemory | None = None
-        self.allocate: GuestFunction | None = None
+        #: The guest's allocator (proxy_on_memory_allocate or malloc): size -> pointer.
+        self.allocate: Callable[[int], int | None] | None = None
         self.root_context_id = 1
         #: Stream of the effective context; None while the root context is active.
         self.current: Stream | None = None
@@ -132,10 +128,10 @@ class AbiHost:
 
     def attach(self, memory: GuestMemory, allocate: GuestFunction | None) -> None:
         self.memory = memory
-        self.allocate = allocate
+        self.allocate = allocate.call if allocate is not None else None
 
     def sync_memory(self) -> None:
-        """Runs before every host function: refresh the cached address and size of guest memory."""
+        """Re-read the size of guest memory now (accesses also do it themselves when a pointer seems past it)."""
         memory = self.memory
         if memory is not None:
             memory.sync()
@@ -145,23 +141,30 @@ class AbiHost:
         return self.memory.read(ptr, size)  # type: ignore[union-attr]
 
     def _read_str(self, ptr: int, size: int) -> str | None:
-        data = self.memory.read(ptr, size)  # type: ignore[union-attr]
-        return None if data is None else data.decode("utf-8", "replace")
+        return self.memory.read_str(ptr, size)  # type: ignore[union-attr]
 
     def _return_bytes(self, data: bytes, ptr_ptr: int, size_ptr: int) -> int:
         """Copy ``data`` into guest memory the guest allocated, and tell it where (pointer, size)."""
         memory = self.memory
-        if not data:
+        size = len(data)
+        if not size:
             ok = memory.write_u32_pair(ptr_ptr, 0, size_ptr, 0)  # type: ignore[union-attr]
             return abi.OK if ok else abi.INVALID_MEMORY_ACCESS
-        if self.allocate is None:
+        allocate = self.allocate
+        if allocate is None:
             return abi.INTERNAL_FAILURE
-        ptr = self.allocate(len(data))
-        memory.sync()  # type: ignore[union-attr]  # the allocator may have grown (and moved) memory
-        if not ptr or not memory.write(ptr, data):  # type: ignore[union-attr]
+        ptr = allocate(size)  # may grow the memory: the bounds checks below re-read its size if needed
+        end = ptr + size
+        if not ptr or (end > memory.limit and not memory.reaches(end)):  # type: ignore[union-attr]
             return abi.INVALID_MEMORY_ACCESS
-        ok = memory.write_u32_pair(ptr_ptr, ptr, size_ptr, len(data))  # type: ignore[union-attr]
-        return abi.OK if ok else abi.INVALID_MEMORY_ACCESS
+        out_end = (ptr_ptr if ptr_ptr > size_ptr else size_ptr) + 4
+        if out_end > memory.limit and not memory.reaches(out_end):  # type: ignore[union-attr]
+            return abi.INVALID_MEMORY_ACCESS
+        view = memory.view  # type: ignore[union-attr]  # read after the checks: they may have renewed it
+        view[ptr:end] = data
+        _U32.pack_into(view, ptr_ptr, ptr)
+        _U32.pack_into(view, size_ptr, size)
+        return abi.OK
 
     def _maps(self, map_type: int) -> tuple[Metadata | None, Mutation] | None:
         """(metadata, mutation) behind a header map, or None when that map is not available now."""
@@ -222,13 +225,11 @@ class AbiHost:
             self.logger.log(_ABI_TO_PY_LEVEL.get(level, logging.INFO), "%s %s", prefix, message)
 
     # -- logging and clocks ------------------------------------------------------------------------
-    @no_memory
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
         if level > abi.LOG_CRITICAL:
             return abi.BAD_ARGUMENT
         if level < self.log_threshold():
             return abi.OK  # SDKs log a lot at debug level: dropping it must cost next to nothing
-        self.memory.sync()
         message = self._read_str(ptr, size)
         if message is None:
             return abi.INVALID_MEMORY_ACCESS
@@ -241,13 +242,11 @@ class AbiHost:
     def proxy_get_current_time_nanoseconds(self, ret_ptr: int) -> int:
         return abi.OK if self.memory.write_u64(ret_ptr, time.time_ns()) else abi.INVALID_MEMORY_ACCESS
 
-    @no_memory
     def proxy_set_tick_period_milliseconds(self, period: int) -> int:
         self.tick_period_ms = period
         return abi.OK
 
     # -- contexts ----------------------------------------------------------------------------------
-    @no_memory
     def proxy_set_effective_context(self, context_id: int) -> int:
         if context_id == self.root_context_id:
             self.current = None
@@ -258,7 +257,6 @@ class AbiHost:
         self.current = stream
         return abi.OK
 
-    @no_memory
     def proxy_done(self) -> int:
         context_id = self.current.context_id if self.current is not None else self.root_context_id
         if context_id not in self.awaiting_done:
@@ -294,7 +292,6 @@ class AbiHost:
         ok = self.memory.write_u32_pair(size_ptr, len(data), flags_ptr, 0)
         return abi.OK if ok else abi.INVALID_MEMORY_ACCESS
 
-    @no_memory
     def proxy_set_buffer_bytes(self, buffer_type: int, *_rest: int) -> int:
         data = self._buffer(buffer_type)
         return data if isinstance(data, int) else abi.BAD_ARGUMENT  # configuration is read-only
@@ -338,40 +335,67 @@ class AbiHost:
 
     def proxy_get_header_map_value(self, map_type: int, key_ptr: int, key_size: int, ptr_ptr: int,
                                    size_ptr: int) -> int:
-        maps = self._maps(map_type)
-        if maps is None:
-            return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
-        key = self._read_str(key_ptr, key_size)
-        if key is None:
+        # The hottest host function: _maps, view_value and the memory reads are written out inline.
+        stream = self.current
+        ctx = stream.ctx if stream is not None else None
+        if ctx is None or (map_type != abi.MAP_REQUEST_HEADERS and map_type != abi.MAP_RESPONSE_HEADERS):
+            return self._no_map(map_type)
+        memory = self.memory
+        end = key_ptr + key_size
+        if end > memory.limit and not memory.reaches(end):  # type: ignore[union-attr]
             return abi.INVALID_MEMORY_ACCESS
-        value = self.view_value(maps[0], maps[1], key)
+        key = str(memory.view[key_ptr:end], "utf-8", "replace")  # type: ignore[union-attr]
+        if map_type == abi.MAP_REQUEST_HEADERS:
+            metadata, mutation = ctx.metadata, ctx.mutation
+        else:
+            metadata, mutation = ctx.response_metadata, ctx.response_mutation
+        value = mutation.get(key)
         if value is None:
-            return abi.NOT_FOUND
+            if metadata is None:
+                return abi.NOT_FOUND
+            value = metadata.get(key)
+            if value is None:
+                return abi.NOT_FOUND
+            value = as_str(value)
         return self._return_bytes(value.encode("utf-8"), ptr_ptr, size_ptr)
 
-    def _write_value(self, map_type: int, key_ptr: int, key_size: int, value_ptr: int, value_size: int,
-                     append: bool) -> int:
-        maps = self._maps(map_type)
-        if maps is None:
-            return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
-        key = self._read_str(key_ptr, key_size)
-        value = self._read_str(value_ptr, value_size)
-        if key is None or value is None:
+    def _no_map(self, map_type: int) -> int:
+        """The status for a header map that is not available now (or does not exist)."""
+        return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
+
+    def _write_value(self, append: bool, map_type: int, key_ptr: int, key_size: int, value_ptr: int,
+                     value_size: int) -> int:
+        """proxy_add_header_map_value (``append``) and proxy_replace_header_map_value: write to the Mutation."""
+        stream = self.current
+        ctx = stream.ctx if stream is not None else None
+        if ctx is None or (map_type != abi.MAP_REQUEST_HEADERS and map_type != abi.MAP_RESPONSE_HEADERS):
+            return self._no_map(map_type)
+        memory = self.memory
+        key_end, value_end = key_ptr + key_size, value_ptr + value_size
+        end = key_end if key_end > value_end else value_end
+        if end > memory.limit and not memory.reaches(end):  # type: ignore[union-attr]
             return abi.INVALID_MEMORY_ACCESS
-        if append:
-            old = self.view_value(maps[0], maps[1], key)
-            if old is not None:
-                value = f"{old},{value}"  # one value per key: fold like repeated HTTP headers
-        maps[1][key] = value
+        view = memory.view  # type: ignore[union-attr]
+        key = str(view[key_ptr:key_end], "utf-8", "replace")
+        value = str(view[value_ptr:value_end], "utf-8", "replace")
+        if map_type == abi.MAP_REQUEST_HEADERS:
+            mutation = ctx.mutation
+            if append:
+                old = self.view_value(ctx.metadata, mutation, key)
+                if old is not None:
+                    value = f"{old},{value}"  # one value per key: fold like repeated HTTP headers
+        else:
+            mutation = ctx.response_mutation
+            if append:
+                old = self.view_value(ctx.response_metadata, mutation, key)
+                if old is not None:
+                    value = f"{old},{value}"
+        mutation[key] = value
         return abi.OK
 
-    def proxy_add_header_map_value(self, map_type: int, key_ptr: int, key_size: int, value_ptr: int,
-                                   value_size: int) -> int:
-        return self._write_value(map_type, key_ptr, key_size, value_ptr, value_size, append=True)
-
-    def proxy_replace_header_map_value(self, map_type: int, key_ptr: int, key_size: int, value_ptr: int,
-                                       value_size: int) -> int:
-        return self._write_value(map_type, key_ptr, key_size, value_ptr, value_size, append=False)
+    # (map_type, key_ptr, key_size, value_ptr, value_size) -> status; partials, so a call is one Python frame.
+    proxy_add_header_map_value = functools.partialmethod(_write_value, True)
+    proxy_replace_header_map_value = functools.partialmethod(_write_value, False)
 
     def proxy_remove_header_map_value(self, map_type: int, key_ptr: int, key_size: int) -> int:
         maps = self._maps(map_type)
@@ -397,7 +421,6 @@ class AbiHost:
         self.current.local_reply = ProxyError(error_kind_for(status, grpc), message)
         return abi.OK
 
-    @no_memory
     def proxy_continue_stream(self, stream_type: int) -> int:
         if stream_type > abi.STREAM_UPSTREAM:
             return abi.BAD_ARGUMENT
@@ -407,7 +430,6 @@ class AbiHost:
             self.current.continued = True
         return abi.OK
 
-    @no_memory
     def proxy_close_stream(self, stream_type: int) -> int:
         if stream_type > abi.STREAM_UPSTREAM:
             return abi.BAD_ARGUMENT
@@ -416,15 +438,12 @@ class AbiHost:
                 ErrorType.UNSPECIFIED, f"request reset by wasm filter {self.identity.plugin_name}")
         return abi.OK
 
-    @no_memory
     def proxy_continue_request(self) -> int:
         return self.proxy_continue_stream(abi.STREAM_REQUEST)
 
-    @no_memory
     def proxy_continue_response(self) -> int:
         return self.proxy_continue_stream(abi.STREAM_RESPONSE)
 
-    @no_memory
     def proxy_clear_route_cache(self) -> int:
         return abi.OK  # routes are chosen after the filters run: nothing is cached yet
 
@@ -449,11 +468,9 @@ class AbiHost:
         metric_id = self.metrics.define(metric_type, name)
         return abi.OK if self.memory.write_u32(id_ptr, metric_id) else abi.INVALID_MEMORY_ACCESS
 
-    @no_memory
     def proxy_increment_metric(self, metric_id: int, delta: int) -> int:
         return self.metrics.increment(metric_id, delta)
 
-    @no_memory
     def proxy_record_metric(self, metric_id: int, value: int) -> int:
         return self.metrics.record(metric_id, value & 0xFFFFFFFFFFFFFFFF)
 
@@ -515,18 +532,14 @@ class AbiHost:
     def wasi_args_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
         return self._zero_sizes(count_ptr, size_ptr)
 
-    @no_memory
     def wasi_environ_get(self, _array: int, _buffer: int) -> int:
         return abi.WASI_SUCCESS
 
-    @no_memory
     def wasi_args_get(self, _array: int, _buffer: int) -> int:
         return abi.WASI_SUCCESS
 
-    @no_memory
     def wasi_sched_yield(self) -> int:
         return abi.WASI_SUCCESS
 
-    @no_memory
     def wasi_proc_exit(self, code: int) -> None:
         raise GuestExit(f"module called proc_exit({code})")

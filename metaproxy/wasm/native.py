@@ -162,55 +162,105 @@ class HostFailures:
 class GuestFunction:
     """One exported function, called through ``wasmtime_func_call_unchecked``.
 
-    ``__call__`` returns the first result (an int) or None. Arguments and
-    results share one preallocated raw array, as the unchecked API wants.
+    Calling it returns the first result (an int) or None. The call itself is a
+    closure made once (:func:`_make_call`) and stored as ``call``; instances
+    are called through ``call`` on the hot path, since a Python ``__call__``
+    costs an extra dispatch. Arguments and results share one preallocated raw
+    array, as the unchecked API wants.
     """
 
-    __slots__ = ("name", "_ctx", "_func", "_keep", "_args", "_args_addr", "_n", "_params", "_results",
-                 "_nparams", "_trap", "_trap_ref", "_failures", "_call_args", "_view")
+    __slots__ = ("name", "call", "_keep")
 
     def __init__(self, ctx: int, func: wasmtime.Func, signature: str, failures: HostFailures, name: str) -> None:
-        params, results = split_signature(signature)
         self.name = name
-        self._ctx = ctx
         self._keep = func
-        self._func = ctypes.addressof(func._func)
-        self._n = max(len(params), len(results), 1)
-        self._args = (ffi.wasmtime_val_raw_t * self._n)()
-        self._args_addr = ctypes.addressof(self._args)
-        # struct packs into a plain memoryview much faster than into the ctypes array itself
-        # (a ctypes buffer export builds its format string every time).
-        self._view = memoryview(self._args).cast("B")
-        self._nparams = len(params)
-        self._params = _struct_for(params) if params else None
-        self._results = _struct_for(results[:1]) if results else None
-        self._trap = c_void_p()
-        self._trap_ref = ctypes.byref(self._trap)
-        self._failures = failures
-        self._call_args = (c_void_p(ctx), c_void_p(self._func), c_void_p(self._args_addr), c_size_t(self._n),
-                           self._trap_ref)
+        self.call = _make_call(ctx, ctypes.addressof(func._func), signature, failures)
 
     def __call__(self, *params: int) -> int | None:
-        if self._params is not None:
-            self._params.pack_into(self._view, 0, *params)
-        error = _call_raw(*self._call_args)
-        if error or self._trap.value:
-            trap, self._trap.value = self._trap.value, None  # wasmtime writes it only on a trap: reset here
-            pending, self._failures.pending = self._failures.pending, None
-            raise _trap_from(error, trap, pending)
-        if self._results is not None:
-            return self._results.unpack_from(self._view)[0]
-        return None
+        return self.call(*params)
+
+
+def _make_call(ctx: int, func: int, signature: str, failures: HostFailures) -> Callable[..., int | None]:
+    """A closure calling ``func`` with everything prebuilt: the raw array, the ctypes arguments, the trap cell.
+
+    Why a closure per arity: every name it uses is a cell variable (no attribute
+    lookups), i32 arguments are stored with one memoryview item assignment each
+    (a slot is 16 bytes, so slot k's i32 is u32 item 4k), and the trap cell is
+    read through a memoryview instead of ``c_void_p.value``.
+    """
+    params, results = split_signature(signature)
+    n = max(len(params), len(results), 1)
+    args = (ffi.wasmtime_val_raw_t * n)()
+    trap_cell = (ctypes.c_uint64 * 1)()
+    trap_view = memoryview(trap_cell).cast("B").cast("Q")
+    u32 = memoryview(args).cast("B").cast("I")
+    raw_view = memoryview(args).cast("B")
+    call_args = (c_void_p(ctx), c_void_p(func), c_void_p(ctypes.addressof(args)), c_size_t(n),
+                 c_void_p(ctypes.addressof(trap_cell)))
+    call_raw = _call_raw
+    has_result = results[:1] == "i"
+
+    def failed(error: int | None) -> WasmTrap:
+        trap, trap_view[0] = trap_view[0], 0  # wasmtime writes it only on a trap: reset here
+        pending, failures.pending = failures.pending, None
+        return _trap_from(error, trap or None, pending)
+
+    if params in ("", "i", "ii", "iii") and (has_result or not results):
+        nparams = len(params)
+        if nparams == 0:
+            def call() -> int | None:
+                error = call_raw(*call_args)
+                if error is not None or trap_view[0]:
+                    raise failed(error)
+                return u32[0] if has_result else None
+        elif nparams == 1:
+            def call(a: int) -> int | None:  # type: ignore[misc]
+                u32[0] = a
+                error = call_raw(*call_args)
+                if error is not None or trap_view[0]:
+                    raise failed(error)
+                return u32[0] if has_result else None
+        elif nparams == 2:
+            def call(a: int, b: int) -> int | None:  # type: ignore[misc]
+                u32[0] = a
+                u32[4] = b
+                error = call_raw(*call_args)
+                if error is not None or trap_view[0]:
+                    raise failed(error)
+                return u32[0] if has_result else None
+        else:
+            def call(a: int, b: int, c: int) -> int | None:  # type: ignore[misc]
+                u32[0] = a
+                u32[4] = b
+                u32[8] = c
+                error = call_raw(*call_args)
+                if error is not None or trap_view[0]:
+                    raise failed(error)
+                return u32[0] if has_result else None
+        return call
+
+    packer = _struct_for(params) if params else None
+    reader = _struct_for(results[:1]) if results else None
+
+    def call_any(*values: int) -> int | None:
+        if packer is not None:
+            packer.pack_into(raw_view, 0, *values)
+        error = call_raw(*call_args)
+        if error is not None or trap_view[0]:
+            raise failed(error)
+        return reader.unpack_from(raw_view)[0] if reader is not None else None
+
+    return call_any
 
 
 class GuestMemory:
     """Bounds-checked access to the guest's linear memory (its ``memory`` export).
 
-    The host address and size of the memory are cached: :meth:`sync` refreshes
-    them and must run whenever guest code may have grown the memory since the
-    last sync (the host-call wrapper syncs on every host call, and the host syncs
-    again after calling the guest's allocator). A memory moves only when it
-    grows, so the base is re-read only when the size changed.
+    The host address and size of the memory are cached. The engine is built with
+    ``memory_may_move = False`` (engine.py), so the base address never changes
+    and a memory only grows: a pointer inside the cached size is inside the
+    memory, and the size is re-read only when an access seems to fall outside
+    it (:meth:`reaches`). No C call per host call for that.
     """
 
     __slots__ = ("_keep", "_args", "limit", "view")
@@ -223,6 +273,7 @@ class GuestMemory:
         self.sync()
 
     def sync(self) -> None:
+        """Re-read the memory's size (and, when it changed, make a view over all of it)."""
         size = _memory_data_size_raw(*self._args)
         if size != self.limit:
             base = _memory_data_raw(*self._args) or 0
@@ -230,31 +281,49 @@ class GuestMemory:
             self.view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B") if size else memoryview(b"")
             self.limit = size
 
+    def reaches(self, end: int) -> bool:
+        """Whether ``[0, end)`` is inside the memory; re-reads its size when the cached one is too small.
+
+        Callers check ``end <= self.limit`` first (the common case, no call).
+        """
+        if end <= self.limit:
+            return True
+        self.sync()
+        return end <= self.limit
+
     def size(self) -> int:
         self.sync()
         return self.limit
 
     def read(self, ptr: int, size: int) -> bytes | None:
-        if ptr + size > self.limit:
+        end = ptr + size
+        if end > self.limit and not self.reaches(end):
             return None
-        return self.view[ptr:ptr + size].tobytes()
+        return self.view[ptr:end].tobytes()
+
+    def read_str(self, ptr: int, size: int) -> str | None:
+        """UTF-8 text at ``ptr`` (decoded straight from guest memory, no intermediate bytes)."""
+        end = ptr + size
+        if end > self.limit and not self.reaches(end):
+            return None
+        return str(self.view[ptr:end], "utf-8", "replace")
 
     def write(self, ptr: int, data: bytes) -> bool:
         end = ptr + len(data)
-        if end > self.limit:
+        if end > self.limit and not self.reaches(end):
             return False
         self.view[ptr:end] = data
         return True
 
     def write_u32(self, ptr: int, value: int) -> bool:
-        if ptr + 4 > self.limit:
+        if ptr + 4 > self.limit and not self.reaches(ptr + 4):
             return False
         _U32.pack_into(self.view, ptr, value & 0xFFFFFFFF)
         return True
 
     def write_u32_pair(self, ptr_a: int, a: int, ptr_b: int, b: int) -> bool:
-        limit = self.limit
-        if ptr_a + 4 > limit or ptr_b + 4 > limit:
+        end = max(ptr_a, ptr_b) + 4
+        if end > self.limit and not self.reaches(end):
             return False
         view = self.view
         _U32.pack_into(view, ptr_a, a & 0xFFFFFFFF)
@@ -262,7 +331,7 @@ class GuestMemory:
         return True
 
     def write_u64(self, ptr: int, value: int) -> bool:
-        if ptr + 8 > self.limit:
+        if ptr + 8 > self.limit and not self.reaches(ptr + 8):
             return False
         _U64.pack_into(self.view, ptr, value & 0xFFFFFFFFFFFFFFFF)
         return True
@@ -299,11 +368,9 @@ def set_fuel(ctx: int, fuel: int) -> None:
 
 
 def define_host_function(linker: wasmtime.Linker, module: str, name: str, signature: str,
-                         impl: Callable[..., int | None], failures: HostFailures,
-                         before: Callable[[], None] | None) -> Any:
+                         impl: Callable[..., int | None], failures: HostFailures) -> Any:
     """Define ``module.name`` in ``linker`` as ``impl`` (called with the ints of the signature).
 
-    ``before``, when given, runs first on every call (the host syncs its view of guest memory).
     ``impl`` returns the i32 result (or None for a function without result). A
     Python exception inside it becomes a trap of the guest call, and the
     exception itself is parked in ``failures`` so the caller can say what broke.
@@ -319,22 +386,32 @@ def define_host_function(linker: wasmtime.Linker, module: str, name: str, signat
     views: dict[int, memoryview] = {}
     view_type = ctypes.c_ubyte * slot_bytes
 
-    def callback(_env: int, _caller: int, raw: int, _n: int) -> int:
-        try:
-            view = views.get(raw)
-            if view is None:
-                if len(views) > 64:
-                    views.clear()
-                view = views[raw] = memoryview(view_type.from_address(raw)).cast("B")
-            if before is not None:
-                before()
-            rc = impl(*reader.unpack_from(view)) if reader is not None else impl()
-            if writer is not None:
-                writer.pack_into(view, 0, rc or 0)
-            return 0
-        except BaseException as exc:  # noqa: BLE001 - every failure must become a trap, not a crash
-            failures.pending = exc
-            return _trap_new(message, len(message)) or 0
+    def view_at(raw: int) -> memoryview:
+        if len(views) > 64:
+            views.clear()
+        view = memoryview(view_type.from_address(raw)).cast("B")
+        if fast:
+            view = view.cast("I")
+        views[raw] = view
+        return view
+
+    def trap(exc: BaseException) -> int:
+        failures.pending = exc
+        return _trap_new(message, len(message)) or 0
+
+    fast = set(params) <= {"i"} and results in ("i", "") and len(params) <= _MAX_FAST_ARITY
+    if fast:
+        callback = _FAST_CALLBACKS[len(params), bool(results)](impl, views, view_at, trap)
+    else:
+        def callback(_env: int, _caller: int, raw: int, _n: int) -> int:
+            try:
+                view = views.get(raw) or view_at(raw)
+                rc = impl(*reader.unpack_from(view)) if reader is not None else impl()
+                if writer is not None:
+                    writer.pack_into(view, 0, rc or 0)
+                return 0
+            except BaseException as exc:  # noqa: BLE001 - every failure must become a trap, not a crash
+                return trap(exc)
 
     keep = HOST_CALLBACK(callback)
     functype = make_functype(signature)
@@ -344,6 +421,40 @@ def define_host_function(linker: wasmtime.Linker, module: str, name: str, signat
     if error:
         raise _trap_from(error, None, None)
     return (keep, functype)
+
+
+_MAX_FAST_ARITY = 10
+
+
+def _fast_callback_factory(arity: int, has_result: bool) -> Callable[..., Callable[..., int]]:
+    """Source-generated host callback for ``arity`` i32 parameters (and an i32 result or none).
+
+    Why generated: the arguments are read with one memoryview item access each
+    (slot k's i32 is u32 item 4k) and passed positionally, and the result written
+    the same way; against ``struct.unpack`` plus ``impl(*args)`` this saves a
+    tuple and a star-call on every host call, the hottest path of the host.
+    Any Python exception becomes a trap (``trap`` parks it for the caller).
+    """
+    args = ", ".join(f"u[{4 * k}]" for k in range(arity))
+    call = f"u[0] = impl({args}) or 0" if has_result else f"impl({args})"
+    source = (
+        "def factory(impl, views, view_at, trap):\n"
+        "    def callback(_env, _caller, raw, _n):\n"
+        "        try:\n"
+        "            u = views.get(raw) or view_at(raw)\n"
+        f"            {call}\n"
+        "            return 0\n"
+        "        except BaseException as exc:\n"
+        "            return trap(exc)\n"
+        "    return callback\n"
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<wasm host callback {arity}>", "exec"), namespace)  # noqa: S102 - fixed template
+    return namespace["factory"]
+
+
+_FAST_CALLBACKS = {(arity, has_result): _fast_callback_factory(arity, has_result)
+                   for arity in range(_MAX_FAST_ARITY + 1) for has_result in (False, True)}
 
 
 _VALTYPES = {"i": wasmtime.ValType.i32, "I": wasmtime.ValType.i64, "f": wasmtime.ValType.f32,

@@ -33,6 +33,7 @@ import wasmtime
 
 from metaproxy.message import ErrorType, ProxyError
 from metaproxy.wasm import abi
+from metaproxy.wasm.dispatch import compile_dispatcher, instantiate_dispatcher
 from metaproxy.wasm.engine import get_engine, ticks_for
 from metaproxy.wasm.host import AbiHost, Identity, Stream, unimplemented, wasi_bad_fd, wasi_unsupported
 from metaproxy.wasm.metrics import MetricRegistry
@@ -49,6 +50,17 @@ from metaproxy.wasm.native import (
 )
 
 ROOT_CONTEXT_ID = 1
+
+#: [number of forks this process descends from]: bumped in the child, so a VM made before a fork is
+#: recognised as not ours. A list cell, read on every request: cheaper than ``os.getpid()`` (a system call).
+FORKS = [0]
+
+
+def _count_fork() -> None:
+    FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
 
 #: proxy_log in WebAssembly: messages below the log level return at once, without leaving wasm.
 #: SDKs log at debug level on every context they create; through ctypes each such call cost ~1.5 µs.
@@ -119,6 +131,7 @@ class WasmVm:
         self.spec = spec
         self.logger = logger
         self.pid = os.getpid()
+        self.forks = FORKS[0]
         self.engine = get_engine(spec.fuel > 0)
         self.module = load_module(self.engine, spec.module_path)
         name = os.path.basename(spec.module_path)
@@ -132,12 +145,20 @@ class WasmVm:
         self._log_threshold: Any = None
         self._log_threshold_value = -1
         self._link()
+        exported = {e.name for e in self.module.exports}
+        self._dispatcher, self._dispatched = compile_dispatcher(self.engine, exported)
+        #: Which phases have callbacks at all (a phase without any is not entered).
+        self.has_request = bool(exported & {"proxy_on_context_create", "proxy_on_request_headers"})
+        self.has_finish = bool(exported & {"proxy_on_done", "proxy_on_log", "proxy_on_delete"})
+        #: Streams must outlive on_request when the module has callbacks after it.
+        self.tracks_streams = self.has_finish or "proxy_on_response_headers" in exported
         self.generation = 0
         self.broken: str | None = None
         #: Streams whose request ended without on_response; finished on the next entry into the VM.
         self.finished_elsewhere: list[Stream] = []
         self._next_stream_id = ROOT_CONTEXT_ID
         self._armed_until = 0.0
+        self._fuel = spec.fuel
         self._start()
 
     # -- building ------------------------------------------------------------------------------------
@@ -166,13 +187,12 @@ class WasmVm:
                 expected, impl = got, unimplemented
             elif got != expected:
                 raise WasmModuleError(f"{path} imports {where} with type {got}, the ABI says {expected}")
-            before = None if getattr(impl, "no_memory", False) else self.host.sync_memory
             module_name = item.module
             if item.module == "env" and item.name == "proxy_log" and expected == abi.ENV_FUNCTIONS["proxy_log"]:
                 module_name = "metaproxy_host"  # reached through the shim, defined per store in _start
                 self._log_shim = wasmtime.Module(self.engine, wasmtime.wat2wasm(_LOG_SHIM_WAT))
             self._keep.append(define_host_function(self.linker, module_name, item.name, expected, impl,
-                                                   self.failures, before))
+                                                   self.failures))
 
     def _start(self) -> None:
         """New Store and instance, then the module's start-up callbacks. Raises WasmModuleError."""
@@ -208,8 +228,16 @@ class WasmVm:
         self.f_log = funcs.get("proxy_on_log")
         self.f_delete = funcs.get("proxy_on_delete")
         self.f_tick = funcs.get("proxy_on_tick")
-        #: Streams must outlive on_request when the module has callbacks after it.
-        self.tracks_streams = any((self.f_response_headers, self.f_done, self.f_log, self.f_delete))
+        try:
+            dispatcher = instantiate_dispatcher(store, self._dispatcher, self._dispatched, exports)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise WasmModuleError(f"{spec.module_path}: instantiation failed: {str(exc).splitlines()[0]}") from None
+        # The GuestFunctions hold the Func objects whose addresses their calls use: keep them.
+        self._dispatch = {name: GuestFunction(ctx, dispatcher[name], signature, self.failures, name)  # type: ignore[arg-type]
+                          for name, signature in (("request", "iii:i"), ("response", "ii:i"), ("finish", "i:i"))}
+        self.d_request = self._dispatch["request"].call
+        self.d_response = self._dispatch["response"].call
+        self.d_finish = self._dispatch["finish"].call
         host = self.host
         host.attach(GuestMemory(ctx, exports["memory"]),  # type: ignore[arg-type]
                     funcs.get("proxy_on_memory_allocate") or funcs.get("malloc"))
@@ -259,10 +287,11 @@ class WasmVm:
     def _arm(self, seconds: float | None = None) -> None:
         """Bound the next top-level guest call: epoch deadline, and fuel when configured.
 
-        Setting the deadline is a C call, so it is not repeated for every callback:
+        Setting the deadline is a C call, so it is not repeated for every call:
         it is set to ``timeout * 1.25`` and renewed once more than ``timeout / 4``
-        has passed. A callback therefore always gets at least ``timeout``, and is
-        stopped after at most ``1.25 * timeout`` plus one epoch tick.
+        has passed. A call therefore always gets at least ``timeout``, and is
+        stopped after at most ``1.25 * timeout`` plus one epoch tick. Hot paths
+        check ``self._fuel or monotonic() >= self._armed_until`` before calling this.
         """
         if seconds is not None:
             self._deadline(ticks_for(seconds))
@@ -275,8 +304,8 @@ class WasmVm:
                 self._armed_until = now + timeout * 0.25
                 if self._log_threshold is not None:
                     self._sync_log_threshold()
-        if self.spec.fuel:
-            set_fuel(self.ctx, self.spec.fuel)
+        if self._fuel:
+            set_fuel(self.ctx, self._fuel)
 
     def _sync_log_threshold(self) -> None:
         """Tell the log shim the current level (the logger's level may change at run time)."""
@@ -300,6 +329,8 @@ class WasmVm:
     def request_headers(self, rctx: Any) -> tuple[Stream, ProxyError | None]:
         """Run the request callbacks; return the stream and the local reply, if the module made one.
 
+        One entry into WebAssembly (the dispatcher's ``request``) runs
+        ``proxy_on_context_create`` and ``proxy_on_request_headers``.
         Raises WasmTrap (the VM is then broken) when the module traps.
         """
         if self.finished_elsewhere:
@@ -307,25 +338,26 @@ class WasmVm:
             if self.broken:
                 raise WasmTrap("trap", f"the instance broke finishing an earlier request: {self.broken}")
         host = self.host
-        self._next_stream_id += 1
-        stream = Stream(self._next_stream_id, rctx, self.generation)
-        host.current = stream
-        host.streams[stream.context_id] = stream
-        self._arm()
-        try:
-            if self.f_context_create is not None:
-                self.f_context_create(stream.context_id, ROOT_CONTEXT_ID)
-            action = abi.ACTION_CONTINUE
-            if self.f_request_headers is not None:
-                action = self.f_request_headers(stream.context_id, len(rctx.metadata), 1)
-        except WasmTrap as trap:
-            self._trapped(trap)
-            raise
-        finally:
-            host.current = None
-            stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
-            if host.logs:
-                host.flush_logs()
+        context_id = self._next_stream_id = self._next_stream_id + 1
+        stream = Stream(context_id, rctx, self.generation)
+        host.streams[context_id] = stream
+        action = abi.ACTION_CONTINUE
+        if self.has_request:
+            host.current = stream
+            if self._fuel or monotonic() >= self._armed_until:
+                self._arm()
+            try:
+                action = self.d_request(context_id, ROOT_CONTEXT_ID, len(rctx.metadata))
+            except WasmTrap as trap:
+                self._trapped(trap)
+                raise
+            finally:
+                host.current = None
+                stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
+                if host.logs:
+                    host.flush_logs()
+        else:
+            stream.ctx = None
         reply = stream.local_reply
         if reply is None and action == abi.ACTION_PAUSE and not stream.continued:
             reply = ProxyError(ErrorType.UNSPECIFIED,
@@ -336,34 +368,30 @@ class WasmVm:
         return stream, reply
 
     def response_headers(self, stream: Stream, rctx: Any) -> None:
-        """Run proxy_on_response_headers for a stream of this instance, then finish the stream."""
+        """``proxy_on_response_headers``, then finish the stream: one entry (the dispatcher's ``response``)."""
         if stream.finished or stream.generation != self.generation or self.broken:
             return
+        stream.finished = True
+        host = self.host
+        host.current = stream
         stream.ctx = rctx
-        try:
-            self._response_headers(stream, rctx)
-            self.finish(stream)
-        finally:
-            stream.ctx = None
-
-    def _response_headers(self, stream: Stream, rctx: Any) -> None:
-        if self.f_response_headers is not None:
-            host = self.host
-            host.current = stream
+        if self._fuel or monotonic() >= self._armed_until:
             self._arm()
-            try:
-                metadata = rctx.response_metadata
-                self.f_response_headers(stream.context_id, len(metadata) if metadata is not None else 0, 1)
-            except WasmTrap as trap:
-                self._trapped(trap)
-                raise
-            finally:
-                host.current = None
-                if host.logs:
-                    host.flush_logs()
-            if stream.local_reply is not None:
-                self.logger.warning("wasm[%s] sent a local response while processing a response: ignored",
-                                    self.identity.plugin_name)
+        try:
+            metadata = rctx.response_metadata
+            done = self.d_response(stream.context_id, len(metadata) if metadata is not None else 0)
+        except WasmTrap as trap:
+            self._trapped(trap)
+            raise
+        finally:
+            host.current = None
+            stream.ctx = None
+            if host.logs:
+                host.flush_logs()
+        if stream.local_reply is not None:
+            self.logger.warning("wasm[%s] sent a local response while processing a response: ignored",
+                                self.identity.plugin_name)
+        self._finished(stream.context_id, done)
 
     def finish(self, stream: Stream) -> None:
         """proxy_on_done, then proxy_on_log and proxy_on_delete (unless on_done asks to wait)."""
@@ -371,20 +399,14 @@ class WasmVm:
             return
         stream.finished = True
         host = self.host
-        host.streams.pop(stream.context_id, None)
-        if stream.generation != self.generation or self.broken:
-            return
-        if self.f_done is None and self.f_log is None and self.f_delete is None:
+        if stream.generation != self.generation or self.broken or not self.has_finish:
+            host.streams.pop(stream.context_id, None)
             return
         host.current = stream
-        self._arm()
+        if self._fuel or monotonic() >= self._armed_until:
+            self._arm()
         try:
-            context_id = stream.context_id
-            if self.f_done is not None and not self.f_done(context_id):
-                host.awaiting_done.add(context_id)
-                host.streams[context_id] = stream  # still addressable until proxy_done
-                return
-            self._log_and_delete(context_id)
+            done = self.d_finish(stream.context_id)
         except WasmTrap as trap:
             self._trapped(trap)
             raise
@@ -392,17 +414,37 @@ class WasmVm:
             host.current = None
             if host.logs:
                 host.flush_logs()
+        self._finished(stream.context_id, done)
 
-    def _log_and_delete(self, context_id: int) -> None:
-        if self.f_log is not None:
-            self.f_log(context_id)
-        if self.f_delete is not None:
-            self.f_delete(context_id)
-        if self.host.done_requested:
-            requested, self.host.done_requested = self.host.done_requested, []
-            for other in requested:
-                self.host.streams.pop(other, None)
-                self._log_and_delete(other)
+    def _finished(self, context_id: int, done: int | None) -> None:
+        """After the finishing callbacks: forget the stream, or keep it until it calls proxy_done."""
+        host = self.host
+        if done:
+            host.streams.pop(context_id, None)
+            if host.done_requested:
+                self._drain_done_requested()
+        else:
+            host.awaiting_done.add(context_id)  # still addressable until proxy_done
+
+    def _drain_done_requested(self) -> None:
+        """proxy_on_log and proxy_on_delete for the contexts that called proxy_done."""
+        host = self.host
+        try:
+            while host.done_requested:
+                requested, host.done_requested = host.done_requested, []
+                for context_id in requested:
+                    host.current = host.streams.pop(context_id, None)
+                    if self.f_log is not None:
+                        self.f_log(context_id)
+                    if self.f_delete is not None:
+                        self.f_delete(context_id)
+        except WasmTrap as trap:
+            self._trapped(trap)
+            raise
+        finally:
+            host.current = None
+            if host.logs:
+                host.flush_logs()
 
     def finish_pending(self) -> None:
         """Finish streams whose requests ended without a response (queued by their sentinels)."""
@@ -425,10 +467,7 @@ class WasmVm:
         try:
             self.f_tick(ROOT_CONTEXT_ID)
             if host.done_requested:
-                requested, host.done_requested = host.done_requested, []
-                for context_id in requested:
-                    host.streams.pop(context_id, None)
-                    self._log_and_delete(context_id)
+                self._drain_done_requested()
         except WasmTrap as trap:
             self._trapped(trap)
             raise
