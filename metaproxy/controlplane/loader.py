@@ -273,22 +273,48 @@ class Loader:
 
     def _build_one(self, entry: _Translated, router: MetaRouter, name: str, port: int) -> None:
         """Translate and check the routes that are new since the last build of ``name``; assemble the config."""
-        memo: dict[int, tuple[MetaRoute, rc.Route, list[str]]] = {}
-        routes: list[rc.Route] = []
-        problems: list[str] = []
+        old = entry.router.routes if entry.router is not None else ()
+        if (entry.config is not None and not entry.problems and len(old) == len(router.routes)
+                and entry.router.hosts[0] == router.hosts[0]):
+            changed = [i for i, (a, b) in enumerate(zip(old, router.routes, strict=True)) if a is not b]
+            if len(changed) * 4 < len(old):  # a few routes changed: start from the last build
+                memo = dict(entry.memo)
+                routes = list(entry.routes)
+                problems: list[str] = []
+                for i in changed:
+                    memo.pop(id(old[i]), None)
+                    hit = self._one(entry.memo, router.routes[i], name, port, i)
+                    memo[id(router.routes[i])] = hit
+                    routes[i] = hit[1]
+                    problems.extend(hit[2])
+                self._finish(entry, router, port, memo, routes, problems)
+                return
+        memo = {}
+        routes = []
+        problems = []
         for index, route in enumerate(router.routes):
-            hit = entry.memo.get(id(route))
-            if hit is None or hit[0] is not route:
-                proto = cached_translation(route, port)
-                found = (check_route(proto, name, index, f"virtual_hosts[0].routes[{index}]")
-                         if self.validate else [])
-                hit = (route, proto, found)
-                self.counters.routes_translated += 1
-            elif hit[2]:  # problems mention the position: check again where it is now
-                hit = (route, hit[1], check_route(hit[1], name, index, f"virtual_hosts[0].routes[{index}]"))
+            hit = self._one(entry.memo, route, name, port, index)
             memo[id(route)] = hit
             routes.append(hit[1])
             problems.extend(hit[2])
+        self._finish(entry, router, port, memo, routes, problems)
+
+    def _one(self, memo: dict[int, tuple[MetaRoute, rc.Route, list[str]]], route: MetaRoute, name: str,
+             port: int, index: int) -> tuple[MetaRoute, rc.Route, list[str]]:
+        """One route's translation and the proxy's verdict on it, from ``memo`` when it is the same object."""
+        hit = memo.get(id(route))
+        where = f"virtual_hosts[0].routes[{index}]"
+        if hit is None or hit[0] is not route:
+            proto = cached_translation(route, port)
+            self.counters.routes_translated += 1
+            return route, proto, (check_route(proto, name, index, where) if self.validate else [])
+        if hit[2]:  # problems mention the position: check again where it is now
+            return route, hit[1], check_route(hit[1], name, index, where)
+        return hit
+
+    def _finish(self, entry: _Translated, router: MetaRouter, port: int,
+                memo: dict[int, tuple[MetaRoute, rc.Route, list[str]]], routes: list[rc.Route],
+                problems: list[str]) -> None:
         entry.memo = memo
         entry.router = router
         entry.problems = problems

@@ -335,6 +335,23 @@ class RouteMemo:
         self.hits += 1
         return entry[2]
 
+    def get_all(self, items: list[Any]) -> list[MetaRoute | None]:
+        """:meth:`get` for each item of a list, in one loop (10,000 routes: a few ms)."""
+        last, nxt = self._last, self._next
+        out: list[MetaRoute | None] = []
+        hits = 0
+        for index, data in enumerate(items):
+            ident = id(data)
+            entry = last.get(ident)
+            if entry is not None and entry[0] is data and (entry[1] is None or entry[1] == index):
+                nxt[ident] = entry
+                out.append(entry[2])
+                hits += 1
+            else:
+                out.append(None)
+        self.hits += hits
+        return out
+
     def put(self, data: Any, index: int, route: MetaRoute) -> None:
         self._next[id(data)] = (data, None if "name" in data else index, route)
 
@@ -373,8 +390,8 @@ def _read_routes(spec: Section, memo: RouteMemo | None) -> list[MetaRoute]:
     base = spec.key_path("routes")
     routes = []
     seen: set[str] = set()
-    for i, item in enumerate(items):
-        route = memo.get(item, i) if memo is not None else None
+    known = memo.get_all(items) if memo is not None else [None] * len(items)
+    for i, (item, route) in enumerate(zip(items, known, strict=True)):
         if route is None:
             route = _cached_route(Section(item, f"{base}[{i}]", spec.problems, spec.prefix), i, memo)
             if route is None:

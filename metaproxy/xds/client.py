@@ -254,7 +254,7 @@ class RdsSubscription:
             self.table_version = response.version_info
             return False
         try:
-            table = self._builder.build(found, version=response.version_info)
+            table = self._builder.build(found, version=response.version_info, raw=found_bytes)
         except UnsupportedRoute as exc:
             raise _Rejected(str(exc)) from None
         except ConfigError as exc:
