@@ -196,7 +196,7 @@ class WasmFilter(Filter):
         except WasmTrap as trap:
             return self._failed(vm, trap, ctx)
         if not stream.finished:
-            ctx.scratch[self._key] = StreamSentinel(stream, vm)
+            ctx.scratch[self._key] = StreamSentinel((stream, vm))
         if vm.host.tick_period_ms != self._tick_ms:
             self._sync_tick()
         return reply
@@ -205,9 +205,9 @@ class WasmFilter(Filter):
         sentinel = ctx.scratch.get(self._key)
         if sentinel is None:
             return
-        vm = sentinel.vm
+        stream, vm = sentinel
         try:
-            vm.response_headers(sentinel.stream, ctx)
+            vm.response_headers(stream, ctx)
         except WasmTrap as trap:
             self._failed(vm, trap, ctx)
 

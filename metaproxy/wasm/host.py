@@ -39,6 +39,10 @@ _ABI_TO_PY_LEVEL = {abi.LOG_TRACE: logging.DEBUG, abi.LOG_DEBUG: logging.DEBUG, 
                     abi.LOG_WARN: logging.WARNING, abi.LOG_ERROR: logging.ERROR, abi.LOG_CRITICAL: logging.CRITICAL}
 _U32_MAX = 0xFFFFFFFF
 _U32 = struct.Struct("<I")
+#: Mutation.__setitem__ only coerces key and value to str; the host's keys and values are str already, so
+#: the dict's own store writes the same entry without two Python calls on every header write (~0.4 µs).
+#: tests/wasm/test_fastpath.py checks that both writes stay identical.
+_store = dict.__setitem__
 
 
 def error_kind_for(status: int, grpc_status: int) -> ErrorType:
@@ -390,7 +394,7 @@ class AbiHost:
                 old = self.view_value(ctx.response_metadata, mutation, key)
                 if old is not None:
                     value = f"{old},{value}"
-        mutation[key] = value
+        _store(mutation, key, value)
         return abi.OK
 
     # (map_type, key_ptr, key_size, value_ptr, value_size) -> status; partials, so a call is one Python frame.

@@ -476,20 +476,18 @@ class WasmVm:
                 host.flush_logs()
 
 
-class StreamSentinel:
-    """Lives in ``ctx.scratch`` for as long as the request: queues its stream to be finished when dropped.
+class StreamSentinel(tuple):
+    """``(stream, vm)``, kept in ``ctx.scratch`` for as long as the request: queues its stream to be finished
+    when dropped.
 
     ``__del__`` only appends to a list (no guest call may happen at an arbitrary
     point, such as inside another guest call); the VM drains the list on its next entry.
+    A tuple, so making one per request runs no Python ``__init__``: ``StreamSentinel((stream, vm))``.
     """
 
-    __slots__ = ("stream", "vm")
-
-    def __init__(self, stream: Stream, vm: WasmVm) -> None:
-        self.stream = stream
-        self.vm = vm
+    __slots__ = ()
 
     def __del__(self) -> None:
-        stream = self.stream
-        if not stream.finished and stream.generation == self.vm.generation:
-            self.vm.finished_elsewhere.append(stream)
+        stream, vm = self
+        if not stream.finished and stream.generation == vm.generation:
+            vm.finished_elsewhere.append(stream)

@@ -176,3 +176,15 @@ def test_a_vm_made_before_a_fork_is_replaced_in_the_child(wat_module):
         assert global_of(f, "responses") == 1        # on the child's own instance
     finally:
         FORKS[0] -= 1
+
+
+def test_the_hosts_header_write_stores_what_mutation_setitem_stores():
+    from metaproxy.message import Mutation
+    from metaproxy.wasm.host import _store
+
+    for key, value in (("x-mesh", "v1"), ("Mixed-Case", "Ünïcode ✓"), ("", ""), ("k", "a,b")):
+        through_class, through_host = Mutation(), Mutation()
+        through_class[key] = value
+        _store(through_host, key, value)
+        assert dict(through_host) == dict(through_class)
+        assert [type(x) for x in through_host.items()] == [type(x) for x in through_class.items()]
