@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from metaproxy.codec import Codec, CodecError, DecodeStatus, Direction, take
+from metaproxy.codec import DONE, WAIT_FOR_DATA, Codec, CodecError, DecodeStatus, Direction, take
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
 from metaproxy_codecs.thrift import binary, compact, header
+from metaproxy_codecs.thrift.binary import VERSION_1, VERSION_MASK
 from metaproxy_codecs.thrift.detect import BINARY, COMPACT, FRAMED, HEADER, UNFRAMED, detect, detect_protocol
 from metaproxy_codecs.thrift.wire import (
     APP_INTERNAL_ERROR,
@@ -39,8 +40,18 @@ _HEADER_PROTOCOLS = {header.PROTO_BINARY: binary, header.PROTO_COMPACT: compact}
 _HEADER_IDS = {BINARY: header.PROTO_BINARY, COMPACT: header.PROTO_COMPACT}
 _TYPES = {CALL: MessageType.REQUEST, ONEWAY: MessageType.ONEWAY, REPLY: MessageType.RESPONSE,
           EXCEPTION: MessageType.ERROR}
+# Read per message: module globals, not enum class attributes (those are slow to read on 3.11).
+_SUCCESS = ResponseStatus.SUCCESS
+_ERROR = ResponseStatus.ERROR
+_REQUEST = MessageType.REQUEST
+_RESPONSE = MessageType.RESPONSE
+_ONEWAY = MessageType.ONEWAY
 _U32 = struct.Struct(">I")
 _I32 = struct.Struct(">i")
+#: The fast path's frame: length word, then a strict binary header up to the name (version word, name length).
+_FRAMED_STRICT = struct.Struct(">III")
+#: A framed strict binary message with an empty name is 16 bytes: length, version, name length, seqid.
+_FRAMED_STRICT_MIN = 16
 #: Keys the codec owns; a THeader header with one of these names is not copied into Metadata.
 RESERVED_KEYS = frozenset(("request_id", "message_type", "response_status", "service", "method",
                            "header_size", "body_size", "transport", "protocol",
@@ -55,7 +66,6 @@ class _State:
     __slots__ = (
         "info",
         "msg_start",
-        "name",
         "plain",
         "proto",
         "seqid",
@@ -65,15 +75,14 @@ class _State:
         "transport",
     )
 
-    def __init__(self, transport: str, proto: ModuleType, head: MessageHead, msg_start: int,
-                 info: header.HeaderFrame | None, plain: bytes | None) -> None:
+    def __init__(self, transport: str, proto: ModuleType, strict: bool, seqid: int, seqid_pos: int,
+                 seqid_end: int, msg_start: int, info: header.HeaderFrame | None, plain: bytes | None) -> None:
         self.transport = transport
         self.proto = proto
-        self.strict = head.strict
-        self.name = head.name
-        self.seqid = head.seqid
-        self.seqid_pos = head.seqid_pos - msg_start  # relative to the message start
-        self.seqid_end = head.seqid_end - msg_start
+        self.strict = strict
+        self.seqid = seqid
+        self.seqid_pos = seqid_pos  # relative to the message start
+        self.seqid_end = seqid_end
         self.msg_start = msg_start  # in the frame (unused when ``plain`` holds the inflated message)
         self.info = info
         self.plain = plain
@@ -104,6 +113,10 @@ class ThriftCodec(Codec):
         # `auto` the framing is unknown until the first bytes arrive, after the
         # server has already chosen its pool.
         self.multiplexing = self.transport in (FRAMED, HEADER)
+        #: Whether a framed message starting 0x80 0x01 may take the strict binary fast path (`auto`
+        #: would detect it as framed binary too; a codec set to compact or unframed must refuse or
+        #: read it otherwise, which the general path does).
+        self._strict_fast = self.transport in (FRAMED, AUTO) and self.protocol != COMPACT
         self.mutations_dropped = 0
         self._min_needed = 0  # unframed: the buffer must reach this size before another walk
         self._last: _State | None = None  # what the last message looked like, for on_error
@@ -123,23 +136,26 @@ class ThriftCodec(Codec):
     def decode(self, buffer: bytearray, metadata: Metadata) -> DecodeStatus:
         size = len(buffer)
         if size < self._min_needed or size < 2:
-            return DecodeStatus.WAIT_FOR_DATA
+            return WAIT_FOR_DATA
+        # Nearly every message is framed strict binary: try that first, in place (see the method).
+        if self._strict_fast and size >= _FRAMED_STRICT_MIN and self._decode_framed_strict(buffer, metadata):
+            return DONE
         transport = self.transport
         if transport == AUTO:
             found = detect(buffer)
             if found is None:
-                return DecodeStatus.WAIT_FOR_DATA
+                return WAIT_FOR_DATA
             transport = found[0]
         if transport == UNFRAMED:
             return self._decode_unframed(buffer, metadata)
         if size < 4:
-            return DecodeStatus.WAIT_FOR_DATA
+            return WAIT_FOR_DATA
         length = _U32.unpack_from(buffer, 0)[0]
         if length & 0x80000000:
             raise CodecError(f"frame length word {length:#010x} is negative: not a framed message", 0)
         self.check_size(length + 4)
         if size < length + 4:
-            return DecodeStatus.WAIT_FOR_DATA
+            return WAIT_FOR_DATA
         if length < 2:
             raise CodecError(f"frame of {length} bytes cannot hold a message", 0)
         if transport == HEADER:
@@ -148,7 +164,67 @@ class ThriftCodec(Codec):
             proto = self._protocol_at(buffer, 4)
             self._decode_message(buffer, FRAMED, proto, 4, length + 4, None, None, metadata)
         metadata.frame = take(buffer, length + 4)
-        return DecodeStatus.DONE
+        return DONE
+
+    def _decode_framed_strict(self, buffer: bytearray, metadata: Metadata) -> bool:
+        """Fast path for nearly all traffic: one whole framed, strict binary CALL, ONEWAY or REPLY.
+
+        The general path gets the same result through a dozen small calls (protocol detection,
+        ``binary.read_head`` and its MessageHead, ``_fill``, ``first_field``...), and on this path
+        each Python call costs about as much as the work it does. Here the header is read in place
+        with one unpack. Anything else (a frame not all here, a bad size, a name that is not UTF-8,
+        an EXCEPTION, a reply whose first field runs past the frame) returns False having touched
+        nothing, and the general path then decodes it or raises the precise error.
+        """
+        length, word, name_size = _FRAMED_STRICT.unpack_from(buffer, 0)
+        end = length + 4
+        seqid_pos = 12 + name_size  # in the frame
+        body_pos = seqid_pos + 4
+        if (word & VERSION_MASK) != VERSION_1 or end > len(buffer) or body_pos > end:
+            return False  # not a strict binary header (0x8001....), or not all here, or not fitting
+        if end > self.max_message_bytes:
+            return False
+        mtype = word & 0xFF
+        if mtype == CALL:
+            message_type = _REQUEST
+        elif mtype == REPLY:
+            # The result struct's first field: none or id 0 is the return value, any other a declared exception.
+            if body_pos >= end:
+                return False
+            if buffer[body_pos] == 0:
+                status = _SUCCESS
+            elif body_pos + 3 > end:
+                return False
+            else:
+                status = _SUCCESS if buffer[body_pos + 1] == 0 and buffer[body_pos + 2] == 0 else _ERROR
+            message_type = _RESPONSE
+        elif mtype == ONEWAY:
+            message_type = _ONEWAY
+        else:
+            return False  # EXCEPTION (its message is read on the general path) or a bad type
+        try:
+            name = str(buffer[12:seqid_pos], "utf-8")
+        except UnicodeDecodeError:
+            return False
+        seqid = _I32.unpack_from(buffer, seqid_pos)[0]
+        metadata["request_id"] = seqid
+        metadata["message_type"] = message_type
+        service, sep, method = name.partition(SERVICE_SEPARATOR)
+        if sep:
+            metadata["service"] = service
+            metadata["method"] = method
+        else:
+            metadata["method"] = name
+        metadata["transport"] = FRAMED
+        metadata["protocol"] = BINARY
+        if mtype == REPLY:
+            metadata["response_status"] = status
+        metadata["header_size"] = body_pos
+        metadata["body_size"] = end - body_pos
+        self._last = metadata.codec_state = _State(FRAMED, binary, True, seqid, seqid_pos - 4, body_pos - 4, 4,
+                                                   None, None)
+        metadata.frame = take(buffer, end)
+        return True
 
     def _protocol_at(self, buf: bytearray, pos: int) -> ModuleType:
         found = detect_protocol(buf, pos)
@@ -202,7 +278,9 @@ class ThriftCodec(Codec):
         body_pos = head.body_pos if plain is None else start
         metadata["header_size"] = body_pos
         metadata["body_size"] = end - body_pos
-        self._last = metadata.codec_state = _State(transport, proto, head, msg_start, info, plain)
+        self._last = metadata.codec_state = _State(transport, proto, head.strict, head.seqid,
+                                                   head.seqid_pos - msg_start, head.seqid_end - msg_start,
+                                                   msg_start, info, plain)
 
     @staticmethod
     def _fill(metadata: Metadata, transport: str, proto: ModuleType, head: MessageHead, buf: bytearray,
@@ -235,13 +313,24 @@ class ThriftCodec(Codec):
             self._encode_fresh(metadata, buffer)
             return
         seqid = int(metadata.get("request_id", state.seqid))
-        carry = bool(mutation) and state.transport == HEADER
-        if mutation and not carry:
-            self.mutations_dropped += 1  # only THeader has somewhere to put them
-        if seqid == state.seqid and not carry:
-            buffer += frame
-            return
+        carry = False
+        if mutation:
+            carry = state.transport == HEADER
+            if not carry:
+                self.mutations_dropped += 1  # only THeader has somewhere to put them
         info = state.info
+        if not carry:
+            if seqid == state.seqid:
+                buffer += frame
+                return
+            if state.proto is binary and state.plain is None:
+                # The usual case: a binary seqid is a fixed 4-byte word, patched in a copy of the frame.
+                start = len(buffer)
+                buffer += frame
+                _U32.pack_into(buffer, start + state.msg_start + state.seqid_pos, seqid & 0xFFFFFFFF)
+                if info is not None and info.seq_id == state.seqid:
+                    _I32.pack_into(buffer, start + 8, _signed(seqid))
+                return
         new_seq = state.proto.seqid_bytes(seqid)
         same_width = len(new_seq) == state.seqid_end - state.seqid_pos
         if not carry and same_width and state.plain is None:
