@@ -11,8 +11,8 @@ Config (a filter entry; paths are relative to the config file's folder)::
       vm_config:
         vm_id: ""                            # what plugin_vm_id returns
         configuration: ...                   # VM configuration (proxy_on_vm_start), string or JSON
-        timeout: 100ms                       # CPU-time bound of one callback (epoch interruption)
-        fuel: 0                              # instructions bound of one callback (0: off)
+        timeout: 100ms                       # CPU-time bound of one entry into the module (epoch interruption)
+        fuel: 0                              # instructions bound of one entry (0: off)
         memory_limit: 64MiB                  # linear memory cap of the instance
         max_rebuilds_per_minute: 30          # crash-loop guard
 

@@ -5,16 +5,17 @@ look the function type up, build ``Val`` objects and ``Caller`` wrappers on
 every call; measured, a filter making a few host calls cost ~50 µs per request
 that way. Here both directions use wasmtime's *unchecked* C entry points:
 
-* guest calls (:class:`GuestFunction`): parameters are packed with a
-  precompiled ``struct`` into a reused ``wasmtime_val_raw_t`` array and
-  ``wasmtime_func_call_unchecked`` runs it; signatures were checked once at
-  load (vm.py), which is what makes "unchecked" safe;
+* guest calls (:class:`GuestFunction`): a closure per export writes the i32
+  parameters into a reused ``wasmtime_val_raw_t`` array through a memoryview
+  and runs ``wasmtime_func_call_unchecked`` with prebuilt ctypes arguments;
+  signatures were checked once at load (vm.py), which is what makes
+  "unchecked" safe;
 * host calls (:func:`define_host_function`): one ctypes callback per import,
-  its arguments unpacked with one ``struct.unpack`` from the raw array.
+  generated per arity, reading its arguments with one memoryview item access each.
 
 Guest memory is read and written only through :class:`GuestMemory`, which checks
-every pointer against the current memory size: a bad pointer from a module is
-an INVALID_MEMORY_ACCESS status, never a read outside the sandbox.
+every pointer against the memory size: a bad pointer from a module is an
+INVALID_MEMORY_ACCESS status, never a read outside the sandbox.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ when the response comes; then ``proxy_on_done``, ``proxy_on_log``,
 ``proxy_on_delete``. A request that ends without a response (local reply, a
 oneway call, an upstream failure) is finished when metaproxy drops its
 RequestContext: a small sentinel in ``ctx.scratch`` queues it, and the next
-call into the VM finishes it. Callbacks a module does not export are skipped,
-so a module without per-request state costs two guest calls per request.
+call into the VM finishes it. The callbacks of one phase run in one entry into
+WebAssembly (dispatch.py), and callbacks a module does not export are skipped.
 """
 
 from __future__ import annotations
