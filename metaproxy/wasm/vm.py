@@ -466,14 +466,14 @@ class WasmVm:
         self._arm()
         try:
             self.f_tick(ROOT_CONTEXT_ID)
-            if host.done_requested:
-                self._drain_done_requested()
         except WasmTrap as trap:
             self._trapped(trap)
             raise
         finally:
             if host.logs:
                 host.flush_logs()
+        if host.done_requested:
+            self._drain_done_requested()  # handles its own traps
 
 
 class StreamSentinel(tuple):
