@@ -22,6 +22,7 @@ per request in the ``off`` variant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = LoadSpec(args.connections, args.seconds, args.warmup, args.depth)
     upstream = scenario.start_server()
     best: dict[str, dict] = {}
+    load_before = os.getloadavg()[0]
     try:
         for round_no in range(args.rounds):
             for name in names:
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         upstream.stop()
     print(f"observability cost: tinyrpc, {args.connections} connections, depth {args.depth}, "
-          f"{args.seconds}s per measurement, best of {args.rounds}")
+          f"{args.seconds}s per measurement, best of {args.rounds}; load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after ({os.cpu_count()} CPUs)")
     print(report([best[n] for n in names], stats_cost_ns()))
     return 0
 

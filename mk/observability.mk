@@ -1,12 +1,13 @@
 # Observability (admin, stats, access logs, tracing): docs/observability.md.
 # `make bench-observability` measures the cost of access logs and tracing against both off
-# (uses the C load generator and server built by bench.mk).
+# (uses the C load generator and server built by bench.mk); `make bench-observability-micro`: the access log
+# and the stats alone, in process, in CPU ns per request.
 # `make deps-observability` checks the Python packages it needs (all in setup.py install_requires).
 
 OBS_PYTHON ?= .venv/bin/python
 OBS_BENCH_ARGS ?=
 
-.PHONY: bench-observability deps-observability test-observability
+.PHONY: bench-observability bench-observability-micro deps-observability test-observability
 
 deps-observability:
 	@$(OBS_PYTHON) -c "import prometheus_client, opentelemetry.sdk.trace, gevent.pywsgi" 2>/dev/null \
@@ -14,6 +15,10 @@ deps-observability:
 
 bench-observability: deps-observability deps-bench bench-tools
 	$(OBS_PYTHON) bench/observability_bench.py --build $(BENCH_BUILD) $(OBS_BENCH_ARGS)
+
+# CPU per request of the access log and the stats alone, in process (no load generator needed).
+bench-observability-micro: deps-observability
+	$(OBS_PYTHON) bench/observability_micro.py
 
 test-observability: deps-observability
 	$(OBS_PYTHON) -m pytest -q tests/observability --timeout 120
