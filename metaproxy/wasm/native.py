@@ -303,11 +303,11 @@ class GuestMemory:
         return self.view[ptr:end].tobytes()
 
     def read_str(self, ptr: int, size: int) -> str | None:
-        """UTF-8 text at ``ptr`` (decoded straight from guest memory, no intermediate bytes)."""
+        """UTF-8 text at ``ptr`` (copy then decode: measured cheaper than decoding the memoryview slice)."""
         end = ptr + size
         if end > self.limit and not self.reaches(end):
             return None
-        return str(self.view[ptr:end], "utf-8", "replace")
+        return self.view[ptr:end].tobytes().decode("utf-8", "replace")
 
     def write(self, ptr: int, data: bytes) -> bool:
         end = ptr + len(data)
