@@ -363,7 +363,8 @@ class AbiHost:
             value = metadata.get(key)
             if value is None:
                 return _NOT_FOUND
-            value = as_str(value)
+            if type(value) is not str:
+                value = as_str(value)
         return self._return_bytes(value.encode("utf-8"), ptr_ptr, size_ptr)
 
     def _no_map(self, map_type: int) -> int:

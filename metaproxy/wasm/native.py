@@ -175,19 +175,23 @@ class GuestFunction:
     def __init__(self, ctx: int, func: wasmtime.Func, signature: str, failures: HostFailures, name: str) -> None:
         self.name = name
         self._keep = func
-        self.call = _make_call(ctx, ctypes.addressof(func._func), signature, failures)
+        self.call = _make_call(ctx, func._func, signature, failures)
 
     def __call__(self, *params: int) -> int | None:
         return self.call(*params)
 
 
-def _make_call(ctx: int, func: int, signature: str, failures: HostFailures) -> Callable[..., int | None]:
+def _make_call(ctx: int, func: Any, signature: str, failures: HostFailures) -> Callable[..., int | None]:
     """A closure calling ``func`` with everything prebuilt: the raw array, the ctypes arguments, the trap cell.
 
     Why a closure per arity: every name it uses is a cell variable (no attribute
     lookups), i32 arguments are stored with one memoryview item assignment each
     (a slot is 16 bytes, so slot k's i32 is u32 item 4k), and the trap cell is
-    read through a memoryview instead of ``c_void_p.value``.
+    read through a memoryview instead of ``c_void_p.value``. The five C arguments
+    are prebuilt ctypes argument objects (``byref``/``from_param``), which ctypes passes
+    as they are; ``c_void_p`` instances would each cost a type-descriptor lookup
+    per call (measured: 4.0k instead of 5.6k instructions per call). ``func`` is
+    the ``wasmtime_func_t`` structure (the caller keeps it alive).
     """
     params, results = split_signature(signature)
     n = max(len(params), len(results), 1)
@@ -196,8 +200,9 @@ def _make_call(ctx: int, func: int, signature: str, failures: HostFailures) -> C
     trap_view = memoryview(trap_cell).cast("B").cast("Q")
     u32 = memoryview(args).cast("B").cast("I")
     raw_view = memoryview(args).cast("B")
-    call_args = (c_void_p(ctx), c_void_p(func), c_void_p(ctypes.addressof(args)), c_size_t(n),
-                 c_void_p(ctypes.addressof(trap_cell)))
+    at_ctx = ctypes.c_char.from_address(ctx)  # byref() of an object at the context's address passes that address
+    call_args = (ctypes.byref(at_ctx), ctypes.byref(func), ctypes.byref(args), c_size_t.from_param(n),
+                 ctypes.byref(trap_cell))
     call_raw = _call_raw
     has_result = results[:1] == "i"
 

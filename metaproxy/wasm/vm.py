@@ -391,7 +391,12 @@ class WasmVm:
         if stream.local_reply is not None:
             self.logger.warning("wasm[%s] sent a local response while processing a response: ignored",
                                 self.identity.plugin_name)
-        self._finished(stream.context_id, done)
+        if done:  # what _finished does, written out on the path every answered request takes
+            host.streams.pop(stream.context_id, None)
+            if host.done_requested:
+                self._drain_done_requested()
+        else:
+            host.awaiting_done.add(stream.context_id)
 
     def finish(self, stream: Stream) -> None:
         """proxy_on_done, then proxy_on_log and proxy_on_delete (unless on_done asks to wait)."""
