@@ -86,9 +86,28 @@ def stats_request(ls: ListenerStats, cs: ClusterStats) -> Callable[[], None]:
     return one
 
 
-def time_stats(requests: int, repeats: int) -> float:
+def stats_request_inline(ls: ListenerStats, cs: ClusterStats) -> Callable[[], None]:
+    """The same, as server.py and the router could do it: counters incremented in place, and
+    ``request_done`` for the listener and method latency (docs/observability.md, "Cost")."""
+    def one() -> None:
+        ls.request.value += 1
+        ls.request_active.value += 1
+        ls.request_decoding_success.value += 1
+        ls.route_request("catch-all").value += 1
+        cs.upstream_rq_active.value += 1
+        cs.upstream_rq.value += 1
+        cs.upstream_rq_success.value += 1
+        cs.upstream_rq_time_ms.observe(0.52)
+        cs.upstream_rq_active.value -= 1
+        ls.response_success.value += 1
+        ls.request_active.value -= 1
+        ls.request_done("sayHello", 0.71)
+    return one
+
+
+def time_stats(requests: int, repeats: int, make: Callable[..., Callable[[], None]] = stats_request) -> float:
     store = StatsStore()
-    one = stats_request(ListenerStats(store, "bench"), ClusterStats(store, "upstream"))
+    one = make(ListenerStats(store, "bench"), ClusterStats(store, "upstream"))
 
     def empty() -> None:
         pass
@@ -172,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"observability micro-benchmark: {args.requests} requests, best of {args.repeats}, "
               f"CPU ns per request (load average {os.getloadavg()[0]:.2f})")
         print(f"  stats, one successful request             {stats_ns:8.0f}")
+        if hasattr(ListenerStats, "request_done"):
+            inline_ns = time_stats(args.requests * 5, args.repeats, stats_request_inline)
+            print(f"  stats, the same with in-place increments  {inline_ns:8.0f}")
         for label, fmt in (("json", "json"), ("text", TEXT_FORMAT)):
             capture, total = time_logger(fmt, contexts, args.requests, args.repeats, path)
             print(f"  access log {label:4}: request_end only          {capture:8.0f}")
