@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any
 
 from metaproxy.codec import DONE, WAIT_FOR_DATA, Codec, CodecError, DecodeStatus, take
@@ -32,6 +33,9 @@ VERSION = 1
 _FIXED = struct.Struct(">IBBBBQ")  # length, version, type, status, reserved, request_id
 FIXED_SIZE = _FIXED.size  # 16
 _ID_OFFSET = 8
+#: The shortest frame's length field: the fixed header, then service, method and header count
+#: lengths (two bytes each).
+_MIN_LENGTH = FIXED_SIZE - 4 + 6
 _U16 = struct.Struct(">H")
 
 TYPE_REQUEST, TYPE_ONEWAY, TYPE_RESPONSE, TYPE_ERROR, TYPE_HEARTBEAT, TYPE_HEARTBEAT_REPLY = range(1, 7)
@@ -53,15 +57,17 @@ _RESERVED_KEYS = frozenset(("request_id", "message_type", "response_status", "se
                             "header_size", "body_size", "status"))
 
 
-class _State:
-    """Where the header section lies in the frame, so encode can patch or rebuild it."""
+class _State(tuple):
+    """Where the header section lies in the frame, so encode can patch or rebuild it.
 
-    __slots__ = ("headers_start", "body_start", "type")
+    ``_State((headers_start, body_start, type))``: a tuple with named fields,
+    made without a Python-level constructor (one is made per message).
+    """
 
-    def __init__(self, headers_start: int, body_start: int, type_: int) -> None:
-        self.headers_start = headers_start
-        self.body_start = body_start
-        self.type = type_
+    __slots__ = ()
+    headers_start = property(itemgetter(0))
+    body_start = property(itemgetter(1))
+    type = property(itemgetter(2))
 
 
 def _read_str(buf: bytes | bytearray, pos: int, end: int) -> tuple[str, int]:
@@ -73,7 +79,7 @@ def _read_str(buf: bytes | bytearray, pos: int, end: int) -> tuple[str, int]:
     if stop > end:
         raise CodecError(f"string of {size} bytes runs past the end of the frame", pos)
     try:
-        return str(buf[pos:stop], "utf-8"), stop
+        return buf[pos:stop].decode(), stop  # UTF-8
     except UnicodeDecodeError:
         raise CodecError("string is not valid UTF-8", pos) from None
 
@@ -98,34 +104,45 @@ class TinyRpcCodec(Codec):
     multiplexing = True
 
     def decode(self, buffer: bytearray, metadata: Metadata) -> DecodeStatus:
-        if len(buffer) < FIXED_SIZE:
-            if len(buffer) >= 4:  # a bad length fails now, not once more bytes come
+        size = len(buffer)
+        if size < FIXED_SIZE:
+            if size >= 4:  # a bad length fails now, not once more bytes come
                 self._check_length(int.from_bytes(buffer[:4], "big"))
             return WAIT_FOR_DATA
-        length, version, type_, status, _, request_id = _FIXED.unpack_from(buffer, 0)
-        self._check_length(length)
-        if len(buffer) < length + 4:
+        length, version, type_, status, _, request_id = _FIXED.unpack_from(buffer)
+        end = length + 4
+        if end > self.max_message_bytes or length < _MIN_LENGTH:
+            self._check_length(length)
+        if size < end:
             return WAIT_FOR_DATA
         if version != VERSION:
             raise CodecError(f"unsupported version {version}", 4)
         message_type = _TYPES.get(type_)
         if message_type is None:
             raise CodecError(f"unknown message type {type_}", 5)
-        end = length + 4
-        service, pos = _read_str(buffer, FIXED_SIZE, end)
-        method, pos = _read_str(buffer, pos, end)
-        headers_start = pos
+        # Parse the frame's own bytes (slicing bytes is cheaper than slicing the bytearray).
+        # Service and method are read inline: every message has them, and this runs twice
+        # per proxied request. _MIN_LENGTH guarantees their two length fields are there.
+        frame = take(buffer, end)
+        method_at = FIXED_SIZE + 2 + (frame[FIXED_SIZE] << 8 | frame[FIXED_SIZE + 1])
+        if method_at + 2 > end:
+            raise CodecError("service runs past the end of the frame", FIXED_SIZE)
+        pos = method_at + 2 + (frame[method_at] << 8 | frame[method_at + 1])
         if pos + 2 > end:
-            raise CodecError("header count runs past the end of the frame", pos)
-        (count,) = _U16.unpack_from(buffer, pos)
-        pos += 2
+            raise CodecError("method runs past the end of the frame", method_at)
+        try:
+            metadata["service"] = frame[FIXED_SIZE + 2:method_at].decode()
+            metadata["method"] = frame[method_at + 2:pos].decode()
+        except UnicodeDecodeError:
+            raise CodecError("service or method is not valid UTF-8", FIXED_SIZE) from None
         metadata["request_id"] = request_id
         metadata["message_type"] = message_type
-        metadata["service"] = service
-        metadata["method"] = method
+        headers_start = pos
+        count = frame[pos] << 8 | frame[pos + 1]
+        pos += 2
         for _ in range(count):
-            key, pos = _read_str(buffer, pos, end)
-            value, pos = _read_str(buffer, pos, end)
+            key, pos = _read_str(frame, pos, end)
+            value, pos = _read_str(frame, pos, end)
             if key not in _RESERVED_KEYS:
                 metadata[key] = value
         if type_ == TYPE_RESPONSE:
@@ -137,8 +154,8 @@ class TinyRpcCodec(Codec):
                 metadata["error_kind"] = kind.value
         metadata["header_size"] = pos
         metadata["body_size"] = end - pos
-        metadata.codec_state = _State(headers_start, pos, type_)
-        metadata.frame = take(buffer, end)
+        metadata.codec_state = _State((headers_start, pos, type_))
+        metadata.frame = frame
         return DONE
 
     def encode(self, metadata: Metadata, mutation: Mapping[str, str], buffer: bytearray) -> None:
@@ -199,7 +216,7 @@ class TinyRpcCodec(Codec):
     # -- helpers -------------------------------------------------------------
     def _check_length(self, length: int) -> None:
         self.check_size(length + 4)
-        if length < FIXED_SIZE - 4 + 6:
+        if length < _MIN_LENGTH:
             raise CodecError(f"frame length {length} is shorter than the fixed header", 0)
 
     @staticmethod

@@ -151,7 +151,8 @@ class RouterFilter(Filter):
         pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
         stats = cluster.stats
         stats.upstream_rq.inc()
-        tokens = [obs.upstream_start(ctx, cluster.name, endpoint.address) for obs in self.observers]
+        observers = self.observers
+        tokens = [obs.upstream_start(ctx, cluster.name, endpoint.address) for obs in observers] if observers else ()
         endpoint.active_requests += 1
         started = time.monotonic()
         error: ProxyError | None = None
@@ -172,8 +173,9 @@ class RouterFilter(Filter):
             stats.upstream_rq_time_ms.observe((time.monotonic() - started) * 1000.0)
             if cluster.on_result is not None:
                 cluster.on_result(endpoint, error)
-            for obs, token in zip(self.observers, tokens, strict=True):
-                obs.upstream_end(ctx, token, error, response)
+            if observers:
+                for obs, token in zip(observers, tokens, strict=True):
+                    obs.upstream_end(ctx, token, error, response)
 
     @staticmethod
     def _retryable(reason: str | None, policy: Any, ctx: RequestContext, oneway: bool, cluster: Cluster,
