@@ -17,6 +17,7 @@ import gevent
 
 from metaproxy.chain import Filter, FilterEnv, RequestContext
 from metaproxy.message import ErrorType, MessageType, Metadata, Mutation, ProxyError, ResponseStatus
+from metaproxy.observer import overriding
 from metaproxy.router import Route
 from metaproxy.runner import RUNNER
 from metaproxy.upstream.cluster import NO_HEALTHY, Cluster
@@ -58,6 +59,10 @@ class RouterFilter(Filter):
         self.multiplexing: bool = services.get("multiplexing", True)
         self.listener_stats = services.get("listener_stats")
         self.observers = services.get("observers", [])
+        #: The observers with an upstream hook (the pair is called together: a token passes between them).
+        self.upstream_observers = [o for o in self.observers
+                                   if o in overriding(self.observers, "upstream_start")
+                                   or o in overriding(self.observers, "upstream_end")]
         self._mirrors_in_flight: dict[str, int] = {}
 
     # -- request path -------------------------------------------------------------
@@ -65,50 +70,59 @@ class RouterFilter(Filter):
         md = ctx.metadata
         table = ctx.routes
         route = table.match(md) if table is not None else None
+        stats = self.listener_stats
         if route is None:
-            if self.listener_stats is not None:
-                self.listener_stats.no_route.inc()
+            if stats is not None:
+                stats.no_route.inc()
             raise ProxyError(ErrorType.ROUTE_NOT_FOUND,
                              f"no route for service {md.get('service', '')!r} method {md.get('method', '')!r}", "NR")
         ctx.route = route
-        if self.listener_stats is not None:
-            self.listener_stats.route_request(route.name).inc()
+        if stats is not None:
+            stats.route_request(route.name).value += 1  # (stats: plain increments on the hot path)
         if route.request_mutation:
             for key, value in route.request_mutation:
                 ctx.mutation[key] = value
-        cluster_name = route.pick_cluster()
+        clusters = route.clusters
+        cluster_name = clusters[0].name if len(clusters) == 1 else route.pick_cluster()
         ctx.cluster_name = cluster_name
         cluster = self.clusters.get(cluster_name) if self.clusters is not None else None
         if cluster is None:
             raise ProxyError(ErrorType.CLUSTER_NOT_FOUND, f"unknown cluster {cluster_name!r}", "NC")
-        for mirror in route.mirrors:
-            if mirror.percentage >= 100 or random.random() * 100 < mirror.percentage:
-                self._mirror(mirror.cluster, ctx)
-        oneway = md.get("message_type") is _ONEWAY
-        response = self._send(ctx, route, cluster, oneway)
+        if route.mirrors:
+            for mirror in route.mirrors:
+                if mirror.percentage >= 100 or random.random() * 100 < mirror.percentage:
+                    self._mirror(mirror.cluster, ctx)
+        response = self._send(ctx, route, cluster, md.get("message_type") is _ONEWAY)
         if response is not None:
             ctx.response_metadata = response
-            for key, value in route.response_mutation:
-                ctx.response_mutation[key] = value
+            if route.response_mutation:
+                for key, value in route.response_mutation:
+                    ctx.response_mutation[key] = value
         return None
 
     def _send(self, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool) -> Metadata | None:
+        """Try, and retry as the route's policy allows, within the route's timeout."""
         policy = route.retry_policy
         timeout = route.timeout or self.default_timeout
         deadline = time.monotonic() + timeout
         tried: list[Any] = []
         stats = cluster.stats
-        cluster.check_request_limit()
+        if cluster.active_requests >= cluster.limits.max_requests:
+            cluster.check_request_limit()  # raises, counting the overflow
         cluster.active_requests += 1
-        stats.upstream_rq_active.inc()
+        stats.upstream_rq_active.value += 1
+        remaining = timeout
         try:
             while True:
                 ctx.attempts += 1
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    stats.upstream_rq_timeout.inc()
-                    raise ProxyError(ErrorType.TIMEOUT, f"request timeout after {timeout}s", TIMEOUT)
-                per_try = min(policy.per_try_timeout or remaining, remaining)
+                if ctx.attempts > 1:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        stats.upstream_rq_timeout.inc()
+                        raise ProxyError(ErrorType.TIMEOUT, f"request timeout after {timeout}s", TIMEOUT)
+                per_try = policy.per_try_timeout or remaining
+                if per_try > remaining:
+                    per_try = remaining
                 try:
                     response = self._try_once(ctx, route, cluster, per_try, oneway, tried)
                 except ProxyError as err:
@@ -121,7 +135,7 @@ class RouterFilter(Filter):
                         raise
                     self._before_retry(ctx, stats, cluster, deadline)
                     continue
-                if (response is not None and response.get("response_status") is _ERROR
+                if (response is not None and response.get("response_status") is _ERROR and policy.retry_on
                         and self._retryable("error", policy, ctx, oneway, cluster, deadline)):
                     self._before_retry(ctx, stats, cluster, deadline)
                     continue
@@ -130,7 +144,7 @@ class RouterFilter(Filter):
                 return response
         finally:
             cluster.active_requests -= 1
-            stats.upstream_rq_active.dec()
+            stats.upstream_rq_active.value -= 1
             if ctx.attempts > 1:
                 cluster.active_retries -= ctx.attempts - 1
 
@@ -143,15 +157,15 @@ class RouterFilter(Filter):
             if endpoint is not None and not endpoint.in_rotation():
                 endpoint = None
         if endpoint is None:
-            endpoint = cluster.choose(ctx.metadata, route.hash_policy, tuple(tried))
+            endpoint = cluster.choose(ctx.metadata, route.hash_policy, tuple(tried) if tried else ())
             if leases is not None:
                 leases[cluster.name] = endpoint
         tried.append(endpoint)
         ctx.upstream_host = endpoint.address
         pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
         stats = cluster.stats
-        stats.upstream_rq.inc()
-        observers = self.observers
+        stats.upstream_rq.value += 1
+        observers = self.upstream_observers
         tokens = [obs.upstream_start(ctx, cluster.name, endpoint.address) for obs in observers] if observers else ()
         endpoint.active_requests += 1
         started = time.monotonic()
@@ -160,13 +174,13 @@ class RouterFilter(Filter):
         try:
             response = pool.request(ctx.metadata, ctx.mutation, timeout, oneway, leases, ctx.order)
             if response is not None and response.get("response_status") is _ERROR:
-                stats.upstream_rq_error.inc()
+                stats.upstream_rq_error.value += 1
             else:
-                stats.upstream_rq_success.inc()
+                stats.upstream_rq_success.value += 1
             return response
         except ProxyError as err:
             error = err
-            stats.upstream_rq_error.inc()
+            stats.upstream_rq_error.value += 1
             raise
         finally:
             endpoint.active_requests -= 1
