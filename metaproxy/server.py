@@ -370,7 +370,8 @@ class DownstreamConnection:
                         batch.append(md)
                         if len(batch) >= self._max_batch:
                             self._serve_batch(batch)
-                self._serve_batch(batch)
+                if batch:
+                    self._serve_batch(batch)
         except OSError as exc:
             log.debug("connection from %s: %s", self.peer, exc)
         finally:

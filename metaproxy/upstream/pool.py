@@ -277,6 +277,7 @@ class MultiplexConnection:
         sock = self.sock
         buffer = bytearray()
         error = ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
+        run_callback = gevent.get_hub().loop.run_callback  # what _Call.resolve does, without its frame
         try:
             while True:
                 n = sock.recv_into(SCRATCH)  # type: ignore[union-attr]
@@ -297,7 +298,7 @@ class MultiplexConnection:
                         continue
                     call = self.pending.pop(md.get("request_id"), None)
                     if call is not None:
-                        call.resolve(md)
+                        run_callback(_deliver, call, md)
                     elif not 0 < (md.get("request_id") or 0) <= self.next_id:
                         self.stats.upstream_rq_unknown_id.inc()
                         error = ProxyError(ErrorType.BAD_RESPONSE,
