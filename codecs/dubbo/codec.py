@@ -25,10 +25,37 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from metaproxy.codec import DEFAULT_MAX_MESSAGE_BYTES, Codec, CodecError, DecodeStatus, Direction, take
+from metaproxy.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DONE,
+    WAIT_FOR_DATA,
+    Codec,
+    CodecError,
+    DecodeStatus,
+    Direction,
+    take,
+)
 from metaproxy.message import MessageType, Metadata, ProxyError, ResponseStatus
 from metaproxy_codecs.dubbo import protocol as p
-from metaproxy_codecs.dubbo.hessian2 import COMPLEX, Hessian2Reader, HessianError, write_int, write_string
+from metaproxy_codecs.dubbo.hessian2 import (
+    COMPLEX,
+    Hessian2Reader,
+    HessianError,
+    read_plain,
+    write_int,
+    write_string,
+)
+from metaproxy_codecs.dubbo.protocol import (
+    FLAG_EVENT,
+    FLAG_REQUEST,
+    FLAG_TWOWAY,
+    HEADER,
+    HEADER_SIZE,
+    HESSIAN2,
+    MAGIC,
+    SERIALIZATION_MASK,
+    WITH_ATTACHMENTS,
+)
 
 _ID = struct.Struct(">Q")
 _LEN = struct.Struct(">I")
@@ -42,12 +69,24 @@ RESERVED_KEYS = frozenset((
 _RESPONSE_ATTACHMENTS = ("auto", "always", "never")
 _PRIMITIVES = frozenset("ZBCDFIJSV")
 _DESC_CACHE: dict[str, int] = {}
+# Read per message: module globals, not enum class attributes (those are slow to read on 3.11).
+_REQUEST = MessageType.REQUEST
+_ONEWAY = MessageType.ONEWAY
+_RESPONSE = MessageType.RESPONSE
+_ERROR_MESSAGE = MessageType.ERROR
+_HEARTBEAT = MessageType.HEARTBEAT
+_SUCCESS = ResponseStatus.SUCCESS
+_ERROR = ResponseStatus.ERROR
+#: The five strings that open a request body: dubbo version, service path, service version, method, descriptor.
+_REQUEST_FIELDS = 5
+#: Largest request head or attachment map a connection remembers (so a memo never holds much memory).
+_MEMO_LIMIT = 4096
 
 
 class _State:
     """Where the attachment map lies in the frame, so encode can rebuild just that part."""
 
-    __slots__ = ("attach_end", "attach_start", "flag", "pairs", "pairs_start", "result_flag")
+    __slots__ = ("attach_end", "attach_start", "flag", "map_ends", "map_items", "pairs_start", "result_flag")
 
     def __init__(self, flag: int) -> None:
         self.flag = flag  # header flag byte
@@ -55,7 +94,14 @@ class _State:
         self.attach_start = -1  # frame offset of the map (or of where one would go), -1: cannot carry
         self.pairs_start = -1  # frame offset after 'H' / 'M'+type; -1 when the map is null or absent
         self.attach_end = -1
-        self.pairs: list[tuple[str | None, int, int, int]] = []  # key, pair start, value start, pair end
+        #: The map's keys and values in turn (as routes see them: None for a null or a complex
+        #: value), and where each one ends, counted from ``pairs_start``: relative, so that
+        #: messages carrying the same map share the lists (see _read_attachments). Never modified.
+        self.map_items: list[str | None] = _EMPTY
+        self.map_ends: list[int] = _EMPTY  # type: ignore[assignment]
+
+
+_EMPTY: list = []
 
 
 def count_parameters(desc: str) -> int:
@@ -107,6 +153,11 @@ class DubboCodec(Codec):
         self._response_attachments = self.options.get("response_attachments", "auto")
         #: Whether the client on this connection reads response attachments (None: not known yet).
         self._peer_reads_attachments: bool | None = None
+        #: The last request's five body header strings: their bytes, and what they read as.
+        self._request_head: tuple[bytes, list[str | None]] | None = None
+        #: The last attachment map, when it was all plain strings: (its bytes from the map's tag to
+        #: the end of the body, pairs_start - map start, map_items, map_ends, the metadata it set).
+        self._attachments: tuple[bytes, int, list[str | None], list[int], list[tuple[str, str]]] | None = None
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[str]:
@@ -120,49 +171,65 @@ class DubboCodec(Codec):
 
     # -- decode --------------------------------------------------------------------
     def decode(self, buffer: bytearray, metadata: Metadata) -> DecodeStatus:
-        if len(buffer) < p.HEADER_SIZE:
+        if len(buffer) < HEADER_SIZE:
             if len(buffer) >= 2 and (buffer[0] != 0xDA or buffer[1] != 0xBB):
                 raise CodecError(f"bad magic 0x{buffer[0]:02x}{buffer[1]:02x}, expected 0xdabb", 0)
-            return DecodeStatus.WAIT_FOR_DATA
-        magic, flag, status, request_id, length = p.HEADER.unpack_from(buffer, 0)
-        if magic != p.MAGIC:
+            return WAIT_FOR_DATA
+        magic, flag, status, request_id, length = HEADER.unpack_from(buffer, 0)
+        if magic != MAGIC:
             raise CodecError(f"bad magic 0x{magic:04x}, expected 0xdabb", 0)
-        self.check_size(p.HEADER_SIZE + length)
-        if len(buffer) < p.HEADER_SIZE + length:
-            return DecodeStatus.WAIT_FOR_DATA
-        frame = take(buffer, p.HEADER_SIZE + length)
+        size = HEADER_SIZE + length
+        if size > self.max_message_bytes:
+            self.check_size(size)
+        if len(buffer) < size:
+            return WAIT_FOR_DATA
+        frame = take(buffer, size)
         metadata["request_id"] = request_id
         state = _State(flag)
-        if flag & p.FLAG_EVENT:
-            metadata["message_type"] = MessageType.HEARTBEAT
-            if not flag & p.FLAG_REQUEST:
+        if flag & FLAG_EVENT:
+            metadata["message_type"] = _HEARTBEAT
+            if not flag & FLAG_REQUEST:
                 metadata["status"] = status
-                metadata["response_status"] = ResponseStatus.SUCCESS if status == p.OK else ResponseStatus.ERROR
+                metadata["response_status"] = _SUCCESS if status == p.OK else _ERROR
         else:
-            serialization = flag & p.SERIALIZATION_MASK
-            if serialization != p.HESSIAN2:
+            serialization = flag & SERIALIZATION_MASK
+            if serialization != HESSIAN2:
                 raise CodecError(f"serialization id {serialization} is not supported (only hessian2 = 2)", 2)
             try:
-                if flag & p.FLAG_REQUEST:
+                if flag & FLAG_REQUEST:
                     self._decode_request(frame, flag, metadata, state)
                 else:
                     self._decode_response(frame, status, metadata, state)
             except HessianError as exc:
-                raise CodecError(f"bad Hessian2 body: {exc}", p.HEADER_SIZE + exc.offset) from None
-        metadata["header_size"] = p.HEADER_SIZE
+                raise CodecError(f"bad Hessian2 body: {exc}", HEADER_SIZE + exc.offset) from None
+        metadata["header_size"] = HEADER_SIZE
         metadata["body_size"] = length
         metadata.codec_state = state
         metadata.frame = frame
-        return DecodeStatus.DONE
+        return DONE
 
     def _decode_request(self, frame: bytes, flag: int, metadata: Metadata, state: _State) -> None:
-        reader = Hessian2Reader(frame, p.HEADER_SIZE)
-        dubbo_version = reader.read_string()
-        interface = reader.read_string()
-        version = reader.read_string()
-        method = reader.read_string()
-        desc = reader.read_string() or ""
-        metadata["message_type"] = MessageType.REQUEST if flag & p.FLAG_TWOWAY else MessageType.ONEWAY
+        memo = self._request_head
+        if memo is not None and frame.startswith(memo[0], HEADER_SIZE):
+            # The same five strings as this connection's last request (clients call the same
+            # method over and over): the same bytes read the same, so they are not read again.
+            prefix, fields = memo
+            pos = HEADER_SIZE + len(prefix)
+        else:
+            fields = []
+            # Fast path: the five strings are nearly always short ASCII; any that is not (and
+            # any error) is left to the reader, from the first such value on.
+            pos = read_plain(frame, HEADER_SIZE, _REQUEST_FIELDS, fields, [])
+            if len(fields) < _REQUEST_FIELDS:
+                reader = Hessian2Reader(frame, pos)
+                while len(fields) < _REQUEST_FIELDS:
+                    fields.append(reader.read_string())
+                pos = reader.pos
+            if pos - HEADER_SIZE <= _MEMO_LIMIT:
+                self._request_head = (frame[HEADER_SIZE:pos], fields)
+        dubbo_version, interface, version, method, desc = fields
+        desc = desc or ""
+        metadata["message_type"] = _REQUEST if flag & FLAG_TWOWAY else _ONEWAY
         if dubbo_version is not None:
             metadata["dubbo_version"] = dubbo_version
             self._peer_reads_attachments = p.supports_response_attachments(dubbo_version)
@@ -174,6 +241,7 @@ class DubboCodec(Codec):
         if method is not None:
             metadata["method"] = method
         metadata["parameter_types"] = desc
+        reader = Hessian2Reader(frame, pos)
         for _ in range(count_parameters(desc)):
             reader.skip()
         state.attach_start = reader.pos
@@ -182,58 +250,90 @@ class DubboCodec(Codec):
 
     def _decode_response(self, frame: bytes, status: int, metadata: Metadata, state: _State) -> None:
         metadata["status"] = status
-        reader = Hessian2Reader(frame, p.HEADER_SIZE)
+        reader = Hessian2Reader(frame, HEADER_SIZE)
         if status != p.OK:
-            metadata["message_type"] = MessageType.ERROR
-            metadata["response_status"] = ResponseStatus.ERROR
+            metadata["message_type"] = _ERROR_MESSAGE
+            metadata["response_status"] = _ERROR
             if reader.pos < len(frame):
                 message = reader.read_scalar()
                 if isinstance(message, str):
                     metadata["error_message"] = message
             return
-        result_flag = reader.read_int()
+        if len(frame) > HEADER_SIZE and 0x90 <= frame[HEADER_SIZE] <= 0x95:
+            result_flag = frame[HEADER_SIZE] - 0x90  # flags 0-5 as Java writes them: one-octet ints
+            reader.pos += 1
+        else:
+            result_flag = reader.read_int()
         if not 0 <= result_flag <= 5:
-            raise CodecError(f"unknown response flag {result_flag}", p.HEADER_SIZE)
+            raise CodecError(f"unknown response flag {result_flag}", HEADER_SIZE)
         state.result_flag = result_flag
-        metadata["message_type"] = MessageType.RESPONSE
-        failed = result_flag in (p.RESPONSE_WITH_EXCEPTION, p.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS)
-        metadata["response_status"] = ResponseStatus.ERROR if failed else ResponseStatus.SUCCESS
-        if result_flag not in (p.RESPONSE_NULL_VALUE, p.RESPONSE_NULL_VALUE_WITH_ATTACHMENTS):
+        metadata["message_type"] = _RESPONSE
+        failed = result_flag == p.RESPONSE_WITH_EXCEPTION or result_flag == p.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS
+        metadata["response_status"] = _ERROR if failed else _SUCCESS
+        if result_flag != p.RESPONSE_NULL_VALUE and result_flag != p.RESPONSE_NULL_VALUE_WITH_ATTACHMENTS:
             reader.skip()
         state.attach_start = reader.pos
-        if result_flag >= p.WITH_ATTACHMENTS:
+        if result_flag >= WITH_ATTACHMENTS:
             self._read_attachments(reader, metadata, state)
         elif reader.pos != len(frame):
             raise CodecError(f"{len(frame) - reader.pos} bytes after the response value", reader.pos)
 
-    @staticmethod
-    def _read_attachments(reader: Hessian2Reader, metadata: Metadata, state: _State) -> None:
-        """Read the attachment map into metadata, remembering each pair's offsets."""
+    def _read_attachments(self, reader: Hessian2Reader, metadata: Metadata, state: _State) -> None:
+        """Read the attachment map into metadata, remembering where each key and value ends."""
         buf = reader.buf
+        start = reader.pos
         tag = reader.peek()
         if tag == 0x4E:  # null: no attachments
             reader.pos += 1
         elif tag == 0x48 or tag == 0x4D:
-            start = reader.pos
+            memo = self._attachments
+            if memo is not None and len(buf) - start == len(memo[0]) and buf.endswith(memo[0]):
+                # The same map as this connection's last one (clients send the same attachments
+                # with every call): the same bytes read the same, so they are not read again.
+                _, pairs_offset, state.map_items, state.map_ends, items = memo
+                state.attach_start = start
+                state.pairs_start = start + pairs_offset
+                state.attach_end = len(buf)
+                metadata.update(items)
+                return
             reader.pos += 1
             if tag == 0x4D:
                 reader.read_scalar()  # the map's type name (or type reference)
-            state.pairs_start = reader.pos
-            pairs = state.pairs
+            pairs_start = state.pairs_start = reader.pos
+            # Fast path: keys and values that are short ASCII strings or nulls (nearly always),
+            # read in one loop. Whole pairs are kept; the reader goes on from the first value
+            # that is anything else, and reads the 'Z' end marker.
+            values: list[str | None] = []
+            ends: list[int] = []
+            read_plain(buf, pairs_start, len(buf), values, ends)
+            if len(values) & 1:  # a key whose value is not plain: the reader reads that pair
+                values.pop()
+                ends.pop()
+            reader.pos = pairs_start + ends[-1] if ends else pairs_start
+            plain = tag == 0x48
             while True:
                 if reader.pos >= len(buf):
                     raise CodecError("attachment map has no end marker", reader.pos)
                 if buf[reader.pos] == 0x5A:
                     break
-                pair_start = reader.pos
-                key = _as_text(reader.read_scalar())
-                value_start = reader.pos
-                value = _as_text(reader.read_scalar())
-                pairs.append((key, pair_start, value_start, reader.pos))
-                if key is not None and value is not None and key not in RESERVED_KEYS:
-                    metadata[key] = value
+                plain = False  # a value the fast path could not read: it may depend on earlier classes
+                values.append(_as_text(reader.read_scalar()))
+                ends.append(reader.pos - pairs_start)
+                values.append(_as_text(reader.read_scalar()))
+                ends.append(reader.pos - pairs_start)
             reader.pos += 1
+            items: list[tuple[str, str]] = []
+            pairs = iter(values)
+            for key in pairs:
+                value = next(pairs)
+                if key is not None and value is not None and key not in RESERVED_KEYS:
+                    items.append((key, value))
+            metadata.update(items)
             state.attach_start = start
+            state.map_items = values
+            state.map_ends = ends
+            if plain and reader.pos == len(buf) and reader.pos - start <= _MEMO_LIMIT:
+                self._attachments = (buf[start:], pairs_start - start, values, ends, items)
         else:
             raise CodecError(f"attachments must be a map, found tag 0x{tag:02x}", reader.pos)
         state.attach_end = reader.pos
@@ -271,20 +371,26 @@ class DubboCodec(Codec):
         if state.flag & p.FLAG_REQUEST or state.result_flag >= p.WITH_ATTACHMENTS:
             buffer += memoryview(frame)[:state.attach_start]
         else:  # switch VALUE/NULL/EXCEPTION to its *_WITH_ATTACHMENTS form
+            flag_reader = Hessian2Reader(frame, p.HEADER_SIZE)
+            flag_reader.read_int()  # the flag as it was written (one octet from Java, up to five elsewhere)
             buffer += memoryview(frame)[:p.HEADER_SIZE]
             write_int(buffer, state.result_flag + p.WITH_ATTACHMENTS)
-            buffer += memoryview(frame)[p.HEADER_SIZE + 1:state.attach_start]
+            buffer += memoryview(frame)[flag_reader.pos:state.attach_start]
         remaining = dict(mutation)
         if state.pairs_start < 0:
             buffer.append(0x48)
         else:
-            buffer += memoryview(frame)[state.attach_start:state.pairs_start]
-            for key, pair_start, value_start, pair_end in state.pairs:
+            base = pair_start = state.pairs_start
+            buffer += memoryview(frame)[state.attach_start:base]
+            items, ends = state.map_items, state.map_ends
+            for i in range(0, len(items), 2):
+                key, value_start, pair_end = items[i], base + ends[i], base + ends[i + 1]
                 if key is not None and key in remaining:
                     buffer += memoryview(frame)[pair_start:value_start]
                     write_string(buffer, remaining.pop(key))
                 else:
                     buffer += memoryview(frame)[pair_start:pair_end]
+                pair_start = pair_end
         for key, value in remaining.items():
             write_string(buffer, key)
             write_string(buffer, value)

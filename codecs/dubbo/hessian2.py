@@ -39,7 +39,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-__all__ = ["COMPLEX", "Hessian2Reader", "HessianError", "write_int", "write_null", "write_string"]
+__all__ = ["COMPLEX", "Hessian2Reader", "HessianError", "read_plain", "write_int", "write_null", "write_string"]
 
 MAX_DEPTH = 200
 _U16 = struct.Struct(">H")
@@ -107,6 +107,47 @@ def _decode_text(data: bytes) -> str:
     except UnicodeDecodeError:
         return data.decode("utf-8", "replace")  # not text at all: keep what can be shown
     return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def read_plain(buf: bytes, pos: int, count: int, values: list[str | None], ends: list[int]) -> int:
+    """Fast path: read up to ``count`` values that are nulls or one-chunk ASCII strings.
+
+    Dubbo's body header fields (versions, names, the parameter descriptor) and its
+    attachment pairs are exactly that, and reading them here in one loop saves
+    the reader's per-value dispatch and calls. Each
+    value is appended to ``values`` and its end, counted from ``pos``, to ``ends``.
+    The loop stops at the first other value (a chunked, long or non-ASCII string,
+    a number, a map's 'Z'...) or where the bytes run out, and returns its offset:
+    the caller reads from there with :class:`Hessian2Reader`, which handles every
+    form and raises the errors. Plain values define no classes, so a reader
+    started after them is in the same state as one that read them.
+    """
+    size = len(buf)
+    origin = pos
+    for _ in range(count):
+        if pos >= size:
+            break
+        tag = buf[pos]
+        if tag < 0x20:  # 0-31 chars: the tag is the length
+            end = pos + 1 + tag
+            data = buf[pos + 1:end]
+        elif 0x30 <= tag <= 0x33 and pos + 1 < size:  # 0-1023 chars: two-byte length
+            end = pos + 2 + (((tag - 0x30) << 8) | buf[pos + 1])
+            data = buf[pos + 2:end]
+        elif tag == 0x4E:  # 'N' null
+            pos += 1
+            values.append(None)
+            ends.append(pos - origin)
+            continue
+        else:
+            break
+        # The length counts UTF-16 units: as many bytes only when every one is ASCII.
+        if end > size or not data.isascii():
+            break
+        pos = end
+        values.append(data.decode("ascii"))
+        ends.append(end - origin)
+    return pos
 
 
 class Hessian2Reader:
@@ -274,7 +315,10 @@ class Hessian2Reader:
                 final = tag == 0x53
             else:
                 raise HessianError(f"expected a string chunk, found tag 0x{tag:02x}", pos)
-            end = _skip_utf16_units(buf, pos, units)
+            end = pos + units
+            # ASCII (the usual case): one byte per unit, no walk. Otherwise walk the UTF-8.
+            if end > len(buf) or not buf[pos:end].isascii():
+                end = _skip_utf16_units(buf, pos, units)
             if parts is not None:
                 parts.append(buf[pos:end])
             pos = end
