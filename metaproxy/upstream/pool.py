@@ -161,40 +161,37 @@ class WriteBatch:
 _TIMED_OUT = object()
 
 
-class _Call:
-    """One request waiting for its response: a hub Waiter and a raw libev timer.
+class _Call(Waiter):
+    """One request waiting for its response: a hub Waiter, and a raw libev timer while it waits.
 
     Cheaper than AsyncResult + gevent.Timeout (no link lists, no Timeout
-    object per request). The response, an error or the timer's expiry all
-    resolve it through ``_deliver`` in the hub, and only the first one counts.
+    object per request), and a Waiter itself rather than an object holding
+    one (no Python-level constructor). The response, an error or the timer's
+    expiry all resolve it through ``_deliver`` in the hub, and only the first
+    one counts.
     """
 
-    __slots__ = ("waiter", "done")
-
-    def __init__(self) -> None:
-        self.waiter = Waiter()
-        self.done = False
+    done = False
 
     def resolve(self, value: object) -> None:
         """Hand the waiting request its result (from any greenlet)."""
-        self.waiter.hub.loop.run_callback(_deliver, self, value)
+        self.hub.loop.run_callback(_deliver, self, value)
 
     def wait(self, timeout: float | None) -> object:
-        timer = None
-        if timeout is not None:
-            timer = self.waiter.hub.loop.timer(timeout)
-            timer.start(_deliver, self, _TIMED_OUT)
+        if timeout is None:
+            return self.get()
+        timer = self.hub.loop.timer(timeout)
+        timer.start(_deliver, self, _TIMED_OUT)
         try:
-            return self.waiter.get()
+            return self.get()
         finally:
-            if timer is not None:
-                timer.close()
+            timer.close()
 
 
 def _deliver(call: _Call, value: object) -> None:
     if not call.done:
         call.done = True
-        call.waiter.switch(value)
+        call.switch(value)
 
 
 class MultiplexConnection:
@@ -377,17 +374,22 @@ class MultiplexPool(_Pool):
     def _pick(self) -> MultiplexConnection:
         conns = self.connections
         best = None
-        idle_before = time.monotonic() - self.idle_timeout
+        best_pending = 0
+        idle_before = None  # read the clock only if an idle connection must be checked
         for conn in conns:
             if conn.closed:
                 continue
-            if not conn.pending and conn.sock is not None and conn.last_used < idle_before:
-                self.stats.upstream_cx_idle_timeout.inc()
-                conn.close()
-                continue
-            if best is None or len(conn.pending) < len(best.pending):
-                best = conn
-        if best is None or (best.pending and len(conns) < self.size):
+            pending = len(conn.pending)
+            if not pending and conn.sock is not None:
+                if idle_before is None:
+                    idle_before = time.monotonic() - self.idle_timeout
+                if conn.last_used < idle_before:
+                    self.stats.upstream_cx_idle_timeout.inc()
+                    conn.close()
+                    continue
+            if best is None or pending < best_pending:
+                best, best_pending = conn, pending
+        if best is None or (best_pending and len(conns) < self.size):
             if any(c.closed for c in conns):
                 self.connections = conns = [c for c in conns if not c.closed]
             if len(conns) < self.size:
