@@ -7,6 +7,10 @@ struct (0: success, anything else: a declared exception) or the message and
 type of a TApplicationException. What encode writes: the original frame, with
 the seqid patched when the framework rewrote ``request_id``, and with a rebuilt
 THeader header section when a Mutation must travel. docs/thrift.md has the why.
+
+Speed (this runs for every message): a framed strict binary message, nearly
+all traffic, is read in place by ``_decode_framed_strict``; everything else
+takes the general path through the protocol modules. docs/thrift.md "Cost".
 """
 
 from __future__ import annotations
