@@ -32,6 +32,7 @@ from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError, as_str
 from metaproxy.wasm import abi, properties
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.native import GuestExit, GuestFunction, GuestMemory
+from metaproxy.wasm.shim import LOG_START, RECORD, STAGE_MAX, STAGE_START, STAGED, ShimBuffer
 
 _PY_LEVEL_TO_ABI = ((logging.DEBUG, abi.LOG_DEBUG), (logging.INFO, abi.LOG_INFO),
                     (logging.WARNING, abi.LOG_WARN), (logging.ERROR, abi.LOG_ERROR))
@@ -132,6 +133,66 @@ class AbiHost:
         self._threshold = abi.LOG_INFO
         self._threshold_until = 0.0
         self._stdio = {1: b"", 2: b""}
+        #: The fast shim's words (shim.py): [0] bytes of recorded header writes not applied yet, [1] whether
+        #: header writes may be recorded (a request with its maps is current), [2] staged size. A plain
+        #: list while no shim is installed, so the checks below cost the same either way.
+        self.words: Any = [0, 0, 0]
+        self.shim: ShimBuffer | None = None
+
+    def attach_shim(self, shim: ShimBuffer | None) -> None:
+        """Use ``shim`` (installed after the module started) for recorded writes and staged answers."""
+        self.shim = shim
+        self.words = shim.words if shim is not None else [0, 0, 0]
+
+    def set_current(self, stream: Stream | None) -> None:
+        """Make ``stream`` the effective context (None: the root), telling the shim whether writes may be recorded."""
+        if self.words[0]:
+            self.apply_writes()
+        self.current = stream
+        self.words[1] = 1 if stream is not None and stream.ctx is not None else 0
+
+    def apply_writes(self) -> None:
+        """Apply, in order, the header writes the shim recorded, to the current request (then forget them).
+
+        The shim records only while a request with its maps is current, and every
+        change of the current context applies the log first, so the writes land
+        where the Python host functions would have put them.
+        """
+        words, shim = self.words, self.shim
+        used, words[0] = words[0], 0
+        stream = self.current
+        ctx = stream.ctx if stream is not None else None
+        if ctx is None or shim is None:
+            return  # the request is gone (a trap ended the call): nothing to write to
+        view = shim.view
+        pos, end = LOG_START, LOG_START + used
+        unpack = RECORD.unpack_from
+        while pos < end:
+            append, map_type, key_size, value_size = unpack(view, pos)
+            key_at = pos + 16
+            value_at = key_at + key_size
+            key = view[key_at:value_at].tobytes().decode("utf-8", "replace")
+            value = view[value_at:value_at + value_size].tobytes().decode("utf-8", "replace")
+            pos = key_at + ((key_size + value_size + 3) & ~3)
+            if map_type == _REQUEST_MAP:
+                metadata, mutation = ctx.metadata, ctx.mutation
+            else:
+                metadata, mutation = ctx.response_metadata, ctx.response_mutation
+            if append:
+                old = self.view_value(metadata, mutation, key)
+                if old is not None:
+                    value = f"{old},{value}"
+            _store(mutation, key, value)
+
+    def _give(self, data: bytes, ptr_ptr: int, size_ptr: int) -> int:
+        """Return ``data`` to the module: through the shim's staging area when it is installed, else as before."""
+        shim = self.shim
+        size = len(data)
+        if shim is None or not size or size > STAGE_MAX:
+            return self._return_bytes(data, ptr_ptr, size_ptr)
+        shim.view[STAGE_START:STAGE_START + size] = data
+        self.words[2] = size
+        return STAGED
 
     def attach(self, memory: GuestMemory, allocate: GuestFunction | None) -> None:
         self.memory = memory
@@ -175,6 +236,8 @@ class AbiHost:
 
     def _maps(self, map_type: int) -> tuple[Metadata | None, Mutation] | None:
         """(metadata, mutation) behind a header map, or None when that map is not available now."""
+        if self.words[0]:
+            self.apply_writes()
         stream = self.current
         if stream is None or stream.ctx is None:
             return None
@@ -205,6 +268,8 @@ class AbiHost:
 
     def header_value(self, key: str) -> str | None:
         """The current request's header-map value of ``key`` (for ``metaprotocol.*`` properties)."""
+        if self.words[0]:
+            self.apply_writes()
         stream = self.current
         if stream is None or stream.ctx is None:
             return None
@@ -256,12 +321,12 @@ class AbiHost:
     # -- contexts ----------------------------------------------------------------------------------
     def proxy_set_effective_context(self, context_id: int) -> int:
         if context_id == self.root_context_id:
-            self.current = None
+            self.set_current(None)
             return abi.OK
         stream = self.streams.get(context_id)
         if stream is None:
             return abi.BAD_ARGUMENT
-        self.current = stream
+        self.set_current(stream)
         return abi.OK
 
     def proxy_done(self) -> int:
@@ -319,7 +384,7 @@ class AbiHost:
         maps = self._maps(map_type)
         if maps is None:
             return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
-        return self._return_bytes(abi.serialize_pairs(self.view_pairs(*maps)), ptr_ptr, size_ptr)
+        return self._give(abi.serialize_pairs(self.view_pairs(*maps)), ptr_ptr, size_ptr)
 
     def proxy_set_header_map_pairs(self, map_type: int, ptr: int, size: int) -> int:
         maps = self._maps(map_type)
@@ -343,6 +408,8 @@ class AbiHost:
     def proxy_get_header_map_value(self, map_type: int, key_ptr: int, key_size: int, ptr_ptr: int,
                                    size_ptr: int) -> int:
         # The hottest host function: _maps, view_value and the memory reads are written out inline.
+        if self.words[0]:
+            self.apply_writes()
         stream = self.current
         ctx = stream.ctx if stream is not None else None
         if ctx is None or (map_type != _REQUEST_MAP and map_type != _RESPONSE_MAP):
@@ -365,7 +432,7 @@ class AbiHost:
                 return _NOT_FOUND
             if type(value) is not str:
                 value = as_str(value)
-        return self._return_bytes(value.encode("utf-8"), ptr_ptr, size_ptr)
+        return self._give(value.encode("utf-8"), ptr_ptr, size_ptr)
 
     def _no_map(self, map_type: int) -> int:
         """The status for a header map that is not available now (or does not exist)."""
@@ -374,6 +441,8 @@ class AbiHost:
     def _write_value(self, append: bool, map_type: int, key_ptr: int, key_size: int, value_ptr: int,
                      value_size: int) -> int:
         """proxy_add_header_map_value (``append``) and proxy_replace_header_map_value: write to the Mutation."""
+        if self.words[0]:
+            self.apply_writes()  # writes the shim recorded come first
         stream = self.current
         ctx = stream.ctx if stream is not None else None
         if ctx is None or (map_type != _REQUEST_MAP and map_type != _RESPONSE_MAP):
@@ -457,6 +526,8 @@ class AbiHost:
 
     # -- properties --------------------------------------------------------------------------------------
     def proxy_get_property(self, path_ptr: int, path_size: int, ptr_ptr: int, size_ptr: int) -> int:
+        if self.words[0]:
+            self.apply_writes()  # a property may read the request
         raw = self._read(path_ptr, path_size)
         if raw is None:
             return abi.INVALID_MEMORY_ACCESS
@@ -464,7 +535,7 @@ class AbiHost:
         value = properties.resolve(properties.normalize(raw), self.identity, ctx, self.header_value)
         if value is None:
             return abi.NOT_FOUND
-        return self._return_bytes(value, ptr_ptr, size_ptr)
+        return self._give(value, ptr_ptr, size_ptr)
 
     # -- metrics -------------------------------------------------------------------------------------------
     def proxy_define_metric(self, metric_type: int, name_ptr: int, name_size: int, id_ptr: int) -> int:

@@ -48,6 +48,7 @@ from metaproxy.wasm.native import (
     signature_of,
     store_context,
 )
+from metaproxy.wasm.shim import ShimModules, install, instantiate_router, routed_names
 
 ROOT_CONTEXT_ID = 1
 
@@ -89,6 +90,8 @@ class VmSpec:
     start_timeout: float = 2.0
     fuel: int = 0
     memory_limit: int = 64 * 1024 * 1024
+    #: Answer header writes and returned values through the WebAssembly shim (shim.py); off only to compare.
+    host_shim: bool = True
 
 
 class WasmModuleError(ValueError):
@@ -165,6 +168,13 @@ class WasmVm:
     def _link(self) -> None:
         """Define exactly the imports the module asks for, checking each one's type against the ABI."""
         path = self.spec.module_path
+        imported = {item.name: signature_of(item.type) for item in self.module.imports
+                    if item.module == "env" and isinstance(item.type, wasmtime.FuncType)}
+        exports = {e.name: e.type for e in self.module.exports}
+        self._allocator = next((name for name in ("proxy_on_memory_allocate", "malloc")
+                                if isinstance(exports.get(name), wasmtime.FuncType)), None)
+        routed = routed_names(imported, self._allocator is not None) if self.spec.host_shim else []
+        self._shim = ShimModules(self.engine, routed) if routed else None
         for item in self.module.imports:
             ty = item.type
             where = f"{item.module}.{item.name}"
@@ -191,12 +201,15 @@ class WasmVm:
             if item.module == "env" and item.name == "proxy_log" and expected == abi.ENV_FUNCTIONS["proxy_log"]:
                 module_name = "metaproxy_host"  # reached through the shim, defined per store in _start
                 self._log_shim = wasmtime.Module(self.engine, wasmtime.wat2wasm(_LOG_SHIM_WAT))
+            if item.module == "env" and item.name in routed:
+                module_name = "metaproxy_host"  # reached through the router, defined per store in _start
             self._keep.append(define_host_function(self.linker, module_name, item.name, expected, impl,
                                                    self.failures))
 
     def _start(self) -> None:
         """New Store and instance, then the module's start-up callbacks. Raises WasmModuleError."""
         spec = self.spec
+        self.host.attach_shim(None)  # its view is into the old store's memory
         self.store = store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=spec.memory_limit)
         self.ctx = ctx = store_context(store)
@@ -208,6 +221,7 @@ class WasmVm:
                 self.linker.define(store, "env", "proxy_log", shim["proxy_log"])
                 self._log_threshold, self._log_threshold_value = shim["threshold"], -1
                 self._sync_log_threshold()
+            router = instantiate_router(self.linker, store, self._shim) if self._shim is not None else None
             instance = self.linker.instantiate(store, self.module)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             pending, self.failures.pending = self.failures.pending, None
@@ -215,6 +229,13 @@ class WasmVm:
             raise WasmModuleError(f"{spec.module_path}: instantiation failed: {detail}") from None
         self.instance = instance
         exports = instance.exports(store)
+        if self._shim is not None:
+            try:
+                shim = install(self.linker, store, self._shim, router, exports, self._allocator)
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                raise WasmModuleError(f"{spec.module_path}: host shim: {str(exc).splitlines()[0]}") from None
+        else:
+            shim = None
         funcs: dict[str, GuestFunction] = {}
         for name, signature in abi.CALLBACKS.items():
             func = exports.get(name)
@@ -241,6 +262,7 @@ class WasmVm:
         host = self.host
         host.attach(GuestMemory(ctx, exports["memory"]),  # type: ignore[arg-type]
                     funcs.get("proxy_on_memory_allocate") or funcs.get("malloc"))
+        host.attach_shim(shim)
         host.streams.clear()
         host.current = None
         host.awaiting_done.clear()
@@ -324,6 +346,7 @@ class WasmVm:
         self.broken = f"{trap.kind}: {trap.message}"
         self.host.streams.clear()
         self.host.current = None
+        self.host.words[0] = self.host.words[1] = 0  # writes recorded by the failed call are dropped
 
     # -- per request ---------------------------------------------------------------------------------------
     def request_headers(self, rctx: Any) -> tuple[Stream, ProxyError | None]:
@@ -344,6 +367,8 @@ class WasmVm:
         action = abi.ACTION_CONTINUE
         if self.has_request:
             host.current = stream
+            words = host.words
+            words[1] = 1  # header writes may be recorded by the shim (shim.py) while this request is current
             if self._fuel or monotonic() >= self._armed_until:
                 self._arm()
             try:
@@ -352,7 +377,10 @@ class WasmVm:
                 self._trapped(trap)
                 raise
             finally:
+                if words[0]:
+                    host.apply_writes()
                 host.current = None
+                words[1] = 0
                 stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
                 if host.logs:
                     host.flush_logs()
@@ -375,6 +403,8 @@ class WasmVm:
         host = self.host
         host.current = stream
         stream.ctx = rctx
+        words = host.words
+        words[1] = 1
         if self._fuel or monotonic() >= self._armed_until:
             self._arm()
         try:
@@ -384,7 +414,10 @@ class WasmVm:
             self._trapped(trap)
             raise
         finally:
+            if words[0]:
+                host.apply_writes()
             host.current = None
+            words[1] = 0
             stream.ctx = None
             if host.logs:
                 host.flush_logs()
@@ -416,7 +449,10 @@ class WasmVm:
             self._trapped(trap)
             raise
         finally:
+            if host.words[0]:
+                host.apply_writes()
             host.current = None
+            host.words[1] = 0
             if host.logs:
                 host.flush_logs()
         self._finished(stream.context_id, done)
