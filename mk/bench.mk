@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 BENCH_BINARIES := $(BENCH_BUILD)/rpc_load $(BENCH_BUILD)/rpc_server
 
-.PHONY: bench bench-protocols bench-tools bench-profile bench-smoke deps-bench
+.PHONY: bench bench-protocols bench-tools bench-profile bench-smoke bench-icount deps-bench
 
 $(BENCH_BUILD)/%: bench/%.c bench/rpcproto.h
 	@mkdir -p $(BENCH_BUILD)
@@ -26,6 +26,10 @@ bench: bench-protocols bench-lua bench-wasm bench-observability bench-xds
 bench-protocols: venv deps-bench bench-tools
 	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
 
+# Instructions per proxied request under valgrind (load-independent; ~1 min per scenario).
+bench-icount: venv deps-bench bench-tools
+	@for s in tinyrpc thrift dubbo; do $(BENCH_PYTHON) bench/icount.py --scenario $$s || exit 1; done
+
 bench-profile: venv deps-bench bench-tools
 	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) --profile $(BENCH_ARGS)
 
@@ -38,6 +42,7 @@ deps-bench:
 	@command -v haproxy >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 	@command -v redis-benchmark >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools; }
+	@command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 	@command -v $(BENCH_CC) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev; }
 	@test -x $(BENCH_PYTHON) || { echo "deps-bench: $(BENCH_PYTHON) missing (make the virtualenv first)"; exit 1; }
 	@test -x $(dir $(BENCH_PYTHON))py-spy \
