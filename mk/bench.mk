@@ -21,7 +21,7 @@ bench-tools: $(BENCH_BINARIES)
 
 # The whole report: protocols side by side (direct / HAProxy / metaproxy), then the added cost of
 # filters (Lua, WASM), of observability, and route-update latency. Each part prints its own table.
-bench: bench-protocols bench-lua bench-wasm bench-observability bench-xds
+bench: bench-protocols bench-codecs bench-lua bench-wasm bench-observability bench-xds
 
 bench-protocols: venv deps-bench bench-tools
 	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
