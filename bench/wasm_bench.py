@@ -6,15 +6,20 @@ numbers hold on a shared machine. Each case runs several rounds interleaved
 with the others; the best round is reported (the least disturbed), the
 median beside it. The target of the WASM filter issue is <= 15 µs per request.
 
-    .venv/bin/python bench/wasm_bench.py [--requests 20000] [--rounds 5] [--json FILE]
+    .venv/bin/python bench/wasm_bench.py [--requests 20000] [--rounds 5] [--json FILE] [--compare-shim]
 
 Cases (entries = calls from Python into WebAssembly; host calls = calls from WebAssembly into Python):
   none                 an empty chain (the baseline every other row is compared with)
   C deny (no match)    request only: 1 entry, 1 host call (proxy_get_header_map_value), 1 allocation
-  C add_header         request + response: 2 entries, 3 host calls (replace; get -> 1 allocation; replace)
-  AssemblyScript SDK   @solo-io/proxy-runtime as published: 2 entries running its six callbacks, 5 host
-                       calls, 1 allocation; most of its own time is the SDK's code (it builds debug log
-                       strings and allocates on every context even when the log level drops them)
+  C add_header         request + response: 2 entries, 1 call into Python (get); its 2 replaces are
+                       recorded in WebAssembly by the host shim (metaproxy/wasm/shim.py), its returned value
+                       copied by the shim
+  AssemblyScript SDK   @solo-io/proxy-runtime as published: 2 entries running its six callbacks, 2 calls
+                       into Python (gets), 3 header writes recorded by the shim; most of its own time is the
+                       SDK's code (it builds debug log strings and allocates on every context even when the
+                       log level drops them)
+  --compare-shim adds the AssemblyScript sample with vm_config.host_shim: false (every host call into
+  Python, as before the shim), in the same run.
 """
 
 from __future__ import annotations
@@ -68,9 +73,12 @@ def one_round(chain: FilterChain, requests: int) -> float:
     return (time.process_time() - started) / requests
 
 
-def measure(requests: int, rounds: int) -> list[dict[str, Any]]:
-    chains = {name: make_chain(options) for name, options in CASES.items()}
-    samples: dict[str, list[float]] = {name: [] for name in CASES}
+def measure(requests: int, rounds: int, compare_shim: bool = False) -> list[dict[str, Any]]:
+    cases = dict(CASES)
+    if compare_shim:
+        cases["AS SDK, no shim"] = dict(CASES["AssemblyScript SDK"], vm_config={"host_shim": False})
+    chains = {name: make_chain(options) for name, options in cases.items()}
+    samples: dict[str, list[float]] = {name: [] for name in cases}
     for chain in chains.values():  # warm up: imports, caches, the first instance's page faults
         one_round(chain, min(requests, 2000))
     for _ in range(rounds):  # interleaved, so drift of the machine hits every case alike
@@ -107,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
+    parser.add_argument("--compare-shim", action="store_true",
+                        help="also run the AssemblyScript sample with the host shim off")
     args = parser.parse_args(argv)
-    rows = measure(args.requests, args.rounds)
+    rows = measure(args.requests, args.rounds, args.compare_shim)
     print(report(rows, args.requests, args.rounds))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

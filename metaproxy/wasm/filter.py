@@ -15,6 +15,8 @@ Config (a filter entry; paths are relative to the config file's folder)::
         fuel: 0                              # instructions bound of one entry (0: off)
         memory_limit: 64MiB                  # linear memory cap of the instance
         max_rebuilds_per_minute: 30          # crash-loop guard
+        host_shim: true                      # header writes and returned values through the WebAssembly shim
+                                             # (shim.py); false: every host call goes to Python (to compare)
 
 A module that is not usable (unreadable, not WebAssembly, no
 ``proxy_abi_version_0_2_x`` export, an import no host provides, a start-up or
@@ -85,6 +87,7 @@ def parse_options(options: Mapping[str, Any], env: FilterEnv) -> tuple[VmSpec, b
     config = top.raw("config")
     fail_open = top.take("fail_open", bool, False)
     vm_id, vm_configuration, timeout, fuel, memory_limit, max_rebuilds = "", None, 0.1, 0, 64 << 20, 30
+    host_shim = True
     vm = top.section("vm_config")
     if vm is not None:
         vm_id = vm.take("vm_id", str, "")
@@ -93,6 +96,7 @@ def parse_options(options: Mapping[str, Any], env: FilterEnv) -> tuple[VmSpec, b
         fuel = vm.take("fuel", int, 0)
         memory_limit = vm.take("memory_limit", (int, str), 64 << 20, check=parse_size)
         max_rebuilds = vm.take("max_rebuilds_per_minute", int, 30)
+        host_shim = vm.take("host_shim", bool, True)
         if timeout is not None and timeout <= 0:
             vm.problem("must be more than 0", "timeout")
         if fuel is not None and fuel < 0:
@@ -114,6 +118,7 @@ def parse_options(options: Mapping[str, Any], env: FilterEnv) -> tuple[VmSpec, b
         start_timeout=max(2.0, timeout),
         fuel=fuel,
         memory_limit=memory_limit,
+        host_shim=bool(host_shim),
     )
     return spec, fail_open, max_rebuilds
 

@@ -10,10 +10,11 @@ import pytest
 
 from metaproxy.stats import StatsStore
 from metaproxy.wasm import abi
+from metaproxy.wasm.filter import parse_options
 from metaproxy.wasm.host import Stream
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.vm import VmSpec, WasmVm
-from tests.wasm.conftest import request, respond, sample
+from tests.wasm.conftest import env, request, respond, sample
 
 REQ, RESP = abi.MAP_REQUEST_HEADERS, abi.MAP_RESPONSE_HEADERS
 P5 = "(param i32 i32 i32 i32 i32) (result i32)"
@@ -221,3 +222,12 @@ def test_a_module_without_an_allocator_still_has_its_writes_recorded(wat_module)
     d.on(Stream(2, ctx, d.vm.generation))
     assert d.call("w", REQ, *d.put("x-a"), *d.put("1")) == abi.OK
     assert ctx.mutation == {"x-a": "1"}
+
+
+def test_the_shim_can_be_turned_off_in_the_filter_config():
+    spec, _, _ = parse_options({"module": sample("add_header")}, env())
+    assert spec.host_shim is True
+    spec, _, _ = parse_options({"module": sample("add_header"), "vm_config": {"host_shim": False}}, env())
+    assert spec.host_shim is False
+    with pytest.raises(ValueError, match="host_shim"):
+        parse_options({"module": sample("add_header"), "vm_config": {"host_shim": "maybe"}}, env())
