@@ -475,21 +475,24 @@ class DownstreamConnection:
         if self.identity:
             ctx.peer_identity = md["peer_identity"] = self.identity
         ctx.routes = listener.routes.current
-        if self.leases is not None:
-            ctx.leases = self.leases
-        if order is not None:
-            ctx.order = order
         message_type = md.get("message_type")
         oneway = message_type is _ONEWAY
+        downstream_id = md.get("request_id")
+        session = False
+        if self.leases is not None:  # ordered protocols
+            ctx.leases = self.leases
+            session = md.get("session") is True
+            if session:  # the client changes its session: later upstream connections replay it
+                self._end_leases()
+        if order is not None:
+            ctx.order = order
         if oneway:
             stats.request_oneway.inc()
-        downstream_id = md.get("request_id")
-        session = self.leases is not None and md.get("session") is True
-        if session:  # the client changes its session: later upstream connections replay it
-            self._end_leases()
-        for obs in listener.start_observers:
-            obs.request_start(ctx)
+        if listener.start_observers:
+            for obs in listener.start_observers:
+                obs.request_start(ctx)
         out = bytearray()
+        codec = self.codec
         try:
             if message_type in _STREAMS:
                 error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, "streams are not supported by this proxy")
@@ -506,15 +509,16 @@ class DownstreamConnection:
                 ctx.response_flags = error.flags
                 if not oneway:
                     md["request_id"] = downstream_id
-                    self.codec.on_error(md, error, out)
+                    codec.on_error(md, error, out)
             elif response is not None:
-                if response.get("response_status") is _ERROR:
+                failed = response.get("response_status") is _ERROR
+                if failed:
                     stats.response_error.value += 1
                 else:
                     stats.response_success.value += 1
                 response["request_id"] = downstream_id
-                self.codec.encode(response, ctx.response_mutation, out)
-                if session and response.get("response_status") is not _ERROR:
+                codec.encode(response, ctx.response_mutation, out)
+                if session and not failed:
                     self.leases.setdefault(SESSION_KEY, []).append(md.frame)
         except Exception as exc:  # a filter bug must fail its request only
             log.exception("listener %s: request failed", listener.name)
@@ -524,7 +528,7 @@ class DownstreamConnection:
             if not oneway:
                 md["request_id"] = downstream_id
                 try:
-                    self.codec.on_error(md, error, out)
+                    codec.on_error(md, error, out)
                 except Exception:
                     log.exception("codec on_error failed")
                     out = bytearray()
@@ -535,12 +539,13 @@ class DownstreamConnection:
                 order[0].wait(order[1])
                 order[0].done(order[1])
         stats.request_done(md.get("method") or "", (time.monotonic() - ctx.start_time) * 1000.0)
-        if self.codec.mutations_dropped:
-            stats.mutation_dropped.inc(self.codec.mutations_dropped)
-            self.codec.mutations_dropped = 0
-        ctx.bytes_sent = len(out)
-        for obs in listener.end_observers:
-            obs.request_end(ctx)
+        if codec.mutations_dropped:
+            stats.mutation_dropped.inc(codec.mutations_dropped)
+            codec.mutations_dropped = 0
+        if listener.end_observers:
+            ctx.bytes_sent = len(out)
+            for obs in listener.end_observers:
+                obs.request_end(ctx)
         return out
 
     def send(self, data: bytes | bytearray) -> None:
