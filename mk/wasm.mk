@@ -1,7 +1,8 @@
 # WASM filter samples (filters/wasm/): `make wasm` rebuilds every committed .wasm from source.
 # Tests never need this toolchain: the built .wasm files are committed.
 #   C samples:            clang --target=wasm32 (Debian clang + lld), freestanding, no libc.
-#   AssemblyScript sample: @solo-io/proxy-runtime + assemblyscript from the npm registry,
+#   AssemblyScript sample: @solo-io/proxy-runtime + assemblyscript from the npm registry, built with asc -O3
+#                          (optimized for speed, asserts kept: the "build" script of as/package.json),
 #                          pinned in filters/wasm/as/package.json and package-lock.json.
 
 WASM_DIR := filters/wasm
