@@ -85,7 +85,7 @@ class RouterFilter(Filter):
         clusters = route.clusters
         cluster_name = clusters[0].name if len(clusters) == 1 else route.pick_cluster()
         ctx.cluster_name = cluster_name
-        cluster = self.clusters.get(cluster_name) if self.clusters is not None else None
+        cluster = self.clusters.clusters.get(cluster_name) if self.clusters is not None else None
         if cluster is None:
             raise ProxyError(ErrorType.CLUSTER_NOT_FOUND, f"unknown cluster {cluster_name!r}", "NC")
         if route.mirrors:
@@ -213,7 +213,7 @@ class RouterFilter(Filter):
 
     # -- mirroring ----------------------------------------------------------------
     def _mirror(self, cluster_name: str, ctx: RequestContext) -> None:
-        cluster = self.clusters.get(cluster_name) if self.clusters is not None else None
+        cluster = self.clusters.clusters.get(cluster_name) if self.clusters is not None else None
         if cluster is None:
             return
         in_flight = self._mirrors_in_flight.get(cluster_name, 0)

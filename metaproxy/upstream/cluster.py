@@ -71,6 +71,8 @@ class Cluster:
         if not usable:
             raise ProxyError(ErrorType.NO_HEALTHY_UPSTREAM, f"no healthy upstream in cluster {self.name}",
                              NO_HEALTHY)
+        if len(usable) == 1 and not exclude:  # any balancer would pick it (a sidecar's usual cluster)
+            return usable[0]
         hash_key = None
         for key in hash_keys:
             value = metadata.get_str(key)
