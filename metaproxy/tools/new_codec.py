@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from metaproxy.codec import Codec, CodecError, DecodeStatus, take  # noqa: F401  (take: used once you decode)
+from metaproxy.codec import DONE, WAIT_FOR_DATA, Codec, CodecError, DecodeStatus, take  # noqa: F401
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError  # noqa: F401
 
 
@@ -55,10 +55,10 @@ class {cls}(Codec):
     multiplexing = True
 
     def decode(self, buffer: bytearray, metadata: Metadata) -> DecodeStatus:
-        # 1. Not a whole message yet? return DecodeStatus.WAIT_FOR_DATA without touching buffer.
+        # 1. Not a whole message yet? return WAIT_FOR_DATA without touching buffer.
         # 2. Check the declared size early: self.check_size(size).
         # 3. Fill metadata["request_id"], ["message_type"], ["service"], ["method"], your own keys.
-        # 4. metadata.frame = take(buffer, size); return DecodeStatus.DONE
+        # 4. metadata.frame = take(buffer, size); return DONE
         # Bytes that cannot be a message: raise CodecError("why", offset).
         raise NotImplementedError("{cls}.decode: see docs/writing-a-codec.md, 'The contract'")
 
