@@ -37,6 +37,7 @@ _ID_OFFSET = 8
 #: lengths (two bytes each).
 _MIN_LENGTH = FIXED_SIZE - 4 + 6
 _U16 = struct.Struct(">H")
+_U64 = struct.Struct(">Q")
 
 TYPE_REQUEST, TYPE_ONEWAY, TYPE_RESPONSE, TYPE_ERROR, TYPE_HEARTBEAT, TYPE_HEARTBEAT_REPLY = range(1, 7)
 _TYPES = {
@@ -168,7 +169,7 @@ class TinyRpcCodec(Codec):
         if not mutation:
             start = len(buffer)
             buffer += frame
-            struct.pack_into(">Q", buffer, start + _ID_OFFSET, request_id)
+            _U64.pack_into(buffer, start + _ID_OFFSET, request_id)
             return
         # Rebuild only the header section: old headers with the mutation applied.
         headers = self._headers_of(frame, state)
@@ -181,7 +182,7 @@ class TinyRpcCodec(Codec):
         buffer += frame[:state.headers_start]
         struct.pack_into(">IQ", buffer, start, length, 0)
         struct.pack_into(">BBBB", buffer, start + 4, *frame[4:8])
-        struct.pack_into(">Q", buffer, start + _ID_OFFSET, request_id)
+        _U64.pack_into(buffer, start + _ID_OFFSET, request_id)
         buffer += section
         buffer += body
 
