@@ -23,6 +23,9 @@ UPSTREAMS = (("v1", 9191), ("v2", 9192))
 def main() -> int:
     py = sys.executable
     procs = []
+    # SIGTERM (kill, a supervisor, `timeout`) must stop the children too, as Ctrl-C does: without a
+    # handler Python dies at once and the `finally` below never runs, leaving them orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         for name, port in UPSTREAMS:
             procs.append(subprocess.Popen([py, "-m", "metaproxy_codecs.tinyrpc.sample", "server",
