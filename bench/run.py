@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build", type=Path, default=ROOT / "build" / "bench", help="where the C tools are built")
     p.add_argument("--scenarios", default="all", help=f"'all' or comma-separated, of: {', '.join(SCENARIOS)}")
-    p.add_argument("--targets", default="direct,haproxy,metaproxy,haproxy-2t,metaproxy-2w", help=f"of: {', '.join(TARGETS)}")
+    p.add_argument("--targets", default="direct,haproxy,metaproxy,haproxy-2t,metaproxy-2w",
+                   help=f"of: {', '.join(TARGETS)}")
     p.add_argument("--connections", default="1,50", help="comma-separated connection counts")
     p.add_argument("--depth", type=int, default=1, help="requests in flight per connection (pipelining)")
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per measurement")
