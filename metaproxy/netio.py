@@ -19,14 +19,24 @@ SCRATCH = bytearray(READ_SIZE)
 SCRATCH_VIEW = memoryview(SCRATCH)
 
 
-def send_all(sock: socket.socket, data: bytes | bytearray) -> None:
-    raw = getattr(sock, "_sock", None)
-    if raw is None or isinstance(sock, ssl.SSLSocket):
+def kernel_socket(sock: socket.socket) -> socket.socket | None:
+    """The real socket under a gevent one, for one non-blocking try (None for TLS: it must encrypt)."""
+    return None if isinstance(sock, ssl.SSLSocket) else getattr(sock, "_sock", None)
+
+
+def send_now(raw: socket.socket, data: bytes | bytearray | memoryview) -> int:
+    """Bytes of ``data`` the kernel takes at once from the non-blocking ``raw`` socket (0 if none)."""
+    try:
+        return raw.send(data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+
+
+def send_all(sock: socket.socket, data: bytes | bytearray | memoryview) -> None:
+    raw = kernel_socket(sock)
+    if raw is None:
         sock.sendall(data)
         return
-    try:
-        sent = raw.send(data)
-    except (BlockingIOError, InterruptedError):
-        sent = 0
+    sent = send_now(raw, data)
     if sent < len(data):
         sock.sendall(memoryview(data)[sent:])

@@ -36,7 +36,10 @@ class RequestObserver:
         pass
 
 
-def overriding(observers: list[RequestObserver], hook: str) -> list[RequestObserver]:
-    """The observers whose ``hook`` does something (the hot path calls only those)."""
-    base = getattr(RequestObserver, hook)
-    return [obs for obs in observers if getattr(type(obs), hook, base) is not base]
+def overriding(observers: list[RequestObserver], *hooks: str) -> list[RequestObserver]:
+    """The observers for which any of ``hooks`` does something (the hot path calls only those).
+
+    Name both hooks of a pair (``upstream_start``, ``upstream_end``) when one hands the other a token.
+    """
+    bases = [(hook, getattr(RequestObserver, hook)) for hook in hooks]
+    return [obs for obs in observers if any(getattr(type(obs), hook, base) is not base for hook, base in bases)]

@@ -26,7 +26,7 @@ from metaproxy.chain import FilterChain, FilterEnv, RequestContext, load_filter_
 from metaproxy.codec import DONE, Codec, CodecError, Direction
 from metaproxy.config import ListenerConfig
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
-from metaproxy.netio import READ_SIZE, SCRATCH, SCRATCH_VIEW, send_all
+from metaproxy.netio import READ_SIZE, SCRATCH, SCRATCH_VIEW, kernel_socket, send_all, send_now
 from metaproxy.observer import RequestObserver, overriding
 from metaproxy.router import RouteHolder
 from metaproxy.runner import RUNNER
@@ -280,7 +280,7 @@ class DownstreamConnection:
         self.partial_since = 0.0
         self._write_lock = Semaphore()
         #: The kernel socket under gevent's, for the write fast path (None for TLS: it must encrypt).
-        self._raw = None if isinstance(sock, ssl.SSLSocket) else getattr(sock, "_sock", None)
+        self._raw = kernel_socket(sock)
         #: Bytes this connection holds: requests in flight plus replies not yet taken by the kernel.
         #: Over ``max_buffered_bytes`` the reader stops reading (a watermark, as Envoy has).
         self.buffered = 0
@@ -308,10 +308,8 @@ class DownstreamConnection:
         # Plain sockets: wait for readability first, then read the real socket once. gevent's
         # recv_into would try first, fail with EAGAIN (a wasted system call per request on a
         # request/response connection), then wait. TLS may hold decrypted bytes: it reads as usual.
-        raw = None if isinstance(sock, ssl.SSLSocket) else getattr(sock, "_sock", None)
         readable = getattr(sock, "_read_event", None)
-        if readable is None:
-            raw = None
+        raw = self._raw if readable is not None else None
         wait = get_hub().wait
         drained = False
         try:
@@ -488,9 +486,8 @@ class DownstreamConnection:
             ctx.order = order
         if oneway:
             stats.request_oneway.inc()
-        if listener.start_observers:
-            for obs in listener.start_observers:
-                obs.request_start(ctx)
+        for obs in listener.start_observers:
+            obs.request_start(ctx)
         out = bytearray()
         codec = self.codec
         try:
@@ -542,10 +539,9 @@ class DownstreamConnection:
         if codec.mutations_dropped:
             stats.mutation_dropped.inc(codec.mutations_dropped)
             codec.mutations_dropped = 0
-        if listener.end_observers:
-            ctx.bytes_sent = len(out)
-            for obs in listener.end_observers:
-                obs.request_end(ctx)
+        ctx.bytes_sent = len(out)
+        for obs in listener.end_observers:
+            obs.request_end(ctx)
         return out
 
     def send(self, data: bytes | bytearray) -> None:
@@ -553,10 +549,7 @@ class DownstreamConnection:
         if raw is not None and not self._write_lock.locked():
             # Nobody is mid-write, so bytes written now keep their order; the kernel usually
             # takes a reply whole, and then nothing was buffered and nothing needs accounting.
-            try:
-                sent = raw.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
+            sent = send_now(raw, data)
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]

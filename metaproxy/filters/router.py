@@ -60,9 +60,7 @@ class RouterFilter(Filter):
         self.listener_stats = services.get("listener_stats")
         self.observers = services.get("observers", [])
         #: The observers with an upstream hook (the pair is called together: a token passes between them).
-        self.upstream_observers = [o for o in self.observers
-                                   if o in overriding(self.observers, "upstream_start")
-                                   or o in overriding(self.observers, "upstream_end")]
+        self.upstream_observers = overriding(self.observers, "upstream_start", "upstream_end")
         self._mirrors_in_flight: dict[str, int] = {}
 
     # -- request path -------------------------------------------------------------
@@ -82,22 +80,19 @@ class RouterFilter(Filter):
         if route.request_mutation:
             for key, value in route.request_mutation:
                 ctx.mutation[key] = value
-        clusters = route.clusters
-        cluster_name = clusters[0].name if len(clusters) == 1 else route.pick_cluster()
+        cluster_name = route.pick_cluster()
         ctx.cluster_name = cluster_name
-        cluster = self.clusters.clusters.get(cluster_name) if self.clusters is not None else None
+        cluster = self.clusters.get(cluster_name) if self.clusters is not None else None
         if cluster is None:
             raise ProxyError(ErrorType.CLUSTER_NOT_FOUND, f"unknown cluster {cluster_name!r}", "NC")
-        if route.mirrors:
-            for mirror in route.mirrors:
-                if mirror.percentage >= 100 or random.random() * 100 < mirror.percentage:
-                    self._mirror(mirror.cluster, ctx)
+        for mirror in route.mirrors:
+            if mirror.percentage >= 100 or random.random() * 100 < mirror.percentage:
+                self._mirror(mirror.cluster, ctx)
         response = self._send(ctx, route, cluster, md.get("message_type") is _ONEWAY)
         if response is not None:
             ctx.response_metadata = response
-            if route.response_mutation:
-                for key, value in route.response_mutation:
-                    ctx.response_mutation[key] = value
+            for key, value in route.response_mutation:
+                ctx.response_mutation[key] = value
         return None
 
     def _send(self, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool) -> Metadata | None:
@@ -107,8 +102,7 @@ class RouterFilter(Filter):
         deadline = time.monotonic() + timeout
         tried: list[Any] = []
         stats = cluster.stats
-        if cluster.active_requests >= cluster.limits.max_requests:
-            cluster.check_request_limit()  # raises, counting the overflow
+        cluster.check_request_limit()
         cluster.active_requests += 1
         stats.upstream_rq_active.value += 1
         remaining = timeout
@@ -157,7 +151,7 @@ class RouterFilter(Filter):
             if endpoint is not None and not endpoint.in_rotation():
                 endpoint = None
         if endpoint is None:
-            endpoint = cluster.choose(ctx.metadata, route.hash_policy, tuple(tried) if tried else ())
+            endpoint = cluster.choose(ctx.metadata, route.hash_policy, tuple(tried))
             if leases is not None:
                 leases[cluster.name] = endpoint
         tried.append(endpoint)
@@ -213,7 +207,7 @@ class RouterFilter(Filter):
 
     # -- mirroring ----------------------------------------------------------------
     def _mirror(self, cluster_name: str, ctx: RequestContext) -> None:
-        cluster = self.clusters.clusters.get(cluster_name) if self.clusters is not None else None
+        cluster = self.clusters.get(cluster_name) if self.clusters is not None else None
         if cluster is None:
             return
         in_flight = self._mirrors_in_flight.get(cluster_name, 0)

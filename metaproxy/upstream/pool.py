@@ -241,14 +241,10 @@ class MultiplexConnection:
         self.next_id = upstream_id = self.next_id + 1 if self.next_id < MAX_UPSTREAM_ID else 1
         downstream_id = metadata.get("request_id")
         metadata["request_id"] = upstream_id
-        codec = self.codec
         try:
-            codec.encode(metadata, mutation, self._batch.out)
+            _encode(self.codec, metadata, mutation, self._batch.out, self.stats)
         finally:
             metadata["request_id"] = downstream_id
-        if codec.mutations_dropped:  # the wire format could not carry the mutation
-            self.stats.mutation_dropped.inc(codec.mutations_dropped)
-            codec.mutations_dropped = 0
         call = None
         if not oneway:
             call = _Call()

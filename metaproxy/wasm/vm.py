@@ -366,9 +366,7 @@ class WasmVm:
         host.streams[context_id] = stream
         action = abi.ACTION_CONTINUE
         if self.has_request:
-            host.current = stream
-            words = host.words
-            words[1] = 1  # header writes may be recorded by the shim (shim.py) while this request is current
+            host.set_current(stream)  # header writes may be recorded by the shim (shim.py) meanwhile
             if self._fuel or monotonic() >= self._armed_until:
                 self._arm()
             try:
@@ -377,10 +375,7 @@ class WasmVm:
                 self._trapped(trap)
                 raise
             finally:
-                if words[0]:
-                    host.apply_writes()
-                host.current = None
-                words[1] = 0
+                host.set_current(None)  # applies the writes the shim recorded
                 stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
                 if host.logs:
                     host.flush_logs()
@@ -401,10 +396,8 @@ class WasmVm:
             return
         stream.finished = True
         host = self.host
-        host.current = stream
         stream.ctx = rctx
-        words = host.words
-        words[1] = 1
+        host.set_current(stream)
         if self._fuel or monotonic() >= self._armed_until:
             self._arm()
         try:
@@ -414,10 +407,7 @@ class WasmVm:
             self._trapped(trap)
             raise
         finally:
-            if words[0]:
-                host.apply_writes()
-            host.current = None
-            words[1] = 0
+            host.set_current(None)
             stream.ctx = None
             if host.logs:
                 host.flush_logs()
@@ -449,10 +439,7 @@ class WasmVm:
             self._trapped(trap)
             raise
         finally:
-            if host.words[0]:
-                host.apply_writes()
-            host.current = None
-            host.words[1] = 0
+            host.set_current(None)
             if host.logs:
                 host.flush_logs()
         self._finished(stream.context_id, done)

@@ -42,10 +42,14 @@ def make_filter(module: str, **options: Any) -> WasmFilter:
     return WasmFilter({"module": module, **options}, env())
 
 
-#: The smallest Proxy-Wasm module: ABI marker, memory, a bump allocator. Tests add functions to it.
-WAT_PRELUDE = """
-  (memory (export "memory") 2)
-  (global $top (mut i32) (i32.const 4096))
+def wat_prelude(pages: int = 2, heap_start: int = 4096) -> str:
+    """The smallest Proxy-Wasm module: ABI marker, memory, a bump allocator. Tests add functions to it."""
+    return WAT_PRELUDE_TEMPLATE.replace("PAGES", str(pages)).replace("HEAP_START", str(heap_start))
+
+
+WAT_PRELUDE_TEMPLATE = """
+  (memory (export "memory") PAGES)
+  (global $top (mut i32) (i32.const HEAP_START))
   (func (export "proxy_abi_version_0_2_1"))
   (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
     (local $p i32)
@@ -53,6 +57,8 @@ WAT_PRELUDE = """
     (global.set $top (i32.add (global.get $top) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
     (local.get $p))
 """
+WAT_PRELUDE = wat_prelude()
+
 
 
 @pytest.fixture

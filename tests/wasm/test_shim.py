@@ -14,7 +14,7 @@ from metaproxy.wasm.filter import parse_options
 from metaproxy.wasm.host import Stream
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.vm import VmSpec, WasmVm
-from tests.wasm.conftest import env, request, respond, sample
+from tests.wasm.conftest import env, request, respond, sample, wat_prelude
 
 REQ, RESP = abi.MAP_REQUEST_HEADERS, abi.MAP_RESPONSE_HEADERS
 P5 = "(param i32 i32 i32 i32 i32) (result i32)"
@@ -27,14 +27,7 @@ DRIVER = f"""
   (import "env" "proxy_get_header_map_pairs" (func $pairs (param i32 i32 i32) (result i32)))
   (import "env" "proxy_get_property" (func $prop (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
-  (memory (export "memory") 8)
-  (global $top (mut i32) (i32.const 200000))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $top))
-    (global.set $top (i32.add (global.get $top) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-    (local.get $p))
+{wat_prelude(pages=8, heap_start=200000)}
   (func (export "get") {P5} (call $get (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)))
   (func (export "add") {P5} (call $add (local.get 0) (local.get 1) (local.get 2) (local.get 3) (local.get 4)))
   (func (export "replace") {P5}

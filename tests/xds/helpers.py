@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 from envoy.service.route.v3 import rds_pb2_grpc
 from google.rpc.status_pb2 import Status
 
+from metaproxy.testing.harness import wait_until  # noqa: F401  (re-exported for the xds tests)
 from metaproxy.xds.resources import ROUTE_TYPE_URL
 
 
@@ -37,18 +36,6 @@ def write_docs(path: Path, *docs: dict[str, Any]) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
     tmp.write_text(yaml.safe_dump_all(list(docs), sort_keys=False))
     tmp.replace(path)
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
-    """Poll ``check`` until it returns something truthy; raise AssertionError on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 class RawStream:
