@@ -19,6 +19,7 @@ from metaproxy.message import MessageType
 from metaproxy.wasm.filter import WasmFilter
 from metaproxy_codecs.tinyrpc.sample import TinyRpcClient
 from tests.reliability.util import config
+from tests.wasm.conftest import WAT_PRELUDE
 
 pytestmark = pytest.mark.slow
 
@@ -69,15 +70,8 @@ WASM_MODULE = """
   (import "wasi_snapshot_preview1" "sock_accept" (func $sock_accept (param i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "sock_recv" (func $sock_recv (param i32 i32 i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "sock_send" (func $sock_send (param i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
   (data (i32.const 64) "/etc/passwd")
-  (global $top (mut i32) (i32.const 4096))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $top))
-    (global.set $top (i32.add (global.get $top) (i32.and (i32.add (local.get $n) (i32.const 7)) (i32.const -8))))
-    (local.get $p))
+""" + WAT_PRELUDE + """
   (func $check (param $rc i32)
     ;; EXPECT is "allowed" in the probe (trap when a call succeeds, rc 0) and "refused" in the control
     (if (i32.eq (local.get $rc) (i32.const 0)) (then EXPECT_ON_SUCCESS) (else EXPECT_ON_ERROR)))
