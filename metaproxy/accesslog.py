@@ -175,7 +175,15 @@ class _WallClock:
         self.sync()
 
     def sync(self) -> None:
-        self.offset = time.time() - time.monotonic()
+        """Follow a wall-clock step; ignore the sub-millisecond jitter of reading two clocks.
+
+        Without the threshold one request rendered twice (a retry of a batch, a
+        test) could come out a millisecond apart, and consecutive lines could go
+        backwards by one.
+        """
+        offset = time.time() - time.monotonic()
+        if abs(offset - self.offset) >= 0.001:
+            self.offset = offset
 
     def second(self, wall: float) -> tuple[float, float, str]:
         """Make ``wall``'s second the cached one: (its start, its end, its text)."""
