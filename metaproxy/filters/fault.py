@@ -44,6 +44,7 @@ class FaultFilter(Filter):
         self.abort_message = ""
         self.matchers: tuple[Matcher, ...] = ()
         read_options(options, self._read)
+        self.blocking = self.delay is not None  # only a delay waits
         self._rand = rand
         stats = env.services.get("stats")
         scope = f"metaprotocol.{env.listener}.fault"

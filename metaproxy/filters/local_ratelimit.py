@@ -79,6 +79,7 @@ def _read_bucket(sec: Section | None, clock: Callable[[], float]) -> TokenBucket
 
 class LocalRateLimitFilter(Filter):
     name = "local_ratelimit"
+    blocking = False  # a token bucket: take a token or refuse, never wait for one
 
     def __init__(self, options: Mapping[str, Any], env: FilterEnv,
                  clock: Callable[[], float] = time.monotonic) -> None:

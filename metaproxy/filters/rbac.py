@@ -62,6 +62,7 @@ class Policy:
 
 class RbacFilter(Filter):
     name = "rbac"
+    blocking = False  # a match on metadata and the peer identity
 
     def __init__(self, options: Mapping[str, Any], env: FilterEnv) -> None:
         super().__init__(options, env)

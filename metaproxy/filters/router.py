@@ -21,7 +21,15 @@ from metaproxy.observer import overriding
 from metaproxy.router import Route
 from metaproxy.runner import RUNNER
 from metaproxy.upstream.cluster import NO_HEALTHY, Cluster
-from metaproxy.upstream.pool import CONNECT_FAILURE, OVERFLOW, PROTOCOL_ERROR, RESET, TIMEOUT
+from metaproxy.upstream.pool import (
+    CONNECT_FAILURE,
+    OVERFLOW,
+    PROTOCOL_ERROR,
+    RESET,
+    TIMED_OUT,
+    TIMEOUT,
+    timed_out,
+)
 
 log = logging.getLogger("metaproxy.router")
 # Enum members read per request, as globals (a class attribute read of an enum is slow on 3.11).
@@ -45,6 +53,8 @@ _BACKOFF_MAX = 0.25
 
 class RouterFilter(Filter):
     name = "router"
+    #: It never blocks the hub: with ``ctx.resume`` set it queues the request and returns.
+    blocking = False
 
     def __init__(self, options: Mapping[str, Any], env: FilterEnv) -> None:
         super().__init__(options, env)
@@ -88,64 +98,100 @@ class RouterFilter(Filter):
         for mirror in route.mirrors:
             if mirror.percentage >= 100 or random.random() * 100 < mirror.percentage:
                 self._mirror(mirror.cluster, ctx)
-        response = self._send(ctx, route, cluster, md.get("message_type") is _ONEWAY)
+        oneway = md.get("message_type") is _ONEWAY
+        if ctx.resume is not None:  # served in the hub's callbacks: must not block
+            self._send_soon(ctx, route, cluster, oneway)
+            return None
+        self._respond(ctx, route, self._send(ctx, route, cluster, oneway))
+        return None
+
+    @staticmethod
+    def _respond(ctx: RequestContext, route: Route, response: Metadata | None) -> None:
         if response is not None:
             ctx.response_metadata = response
             for key, value in route.response_mutation:
                 ctx.response_mutation[key] = value
-        return None
 
-    def _send(self, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool) -> Metadata | None:
-        """Try, and retry as the route's policy allows, within the route's timeout."""
-        policy = route.retry_policy
+    # -- one request, on a greenlet that may block ----------------------------------
+    def _send(self, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool,
+              endpoint: Any = None) -> Metadata | None:
+        """Try, and retry as the route's policy allows, within the route's timeout.
+
+        ``endpoint``: the first try's, when the caller has already chosen it.
+        """
         timeout = route.timeout or self.default_timeout
-        deadline = time.monotonic() + timeout
-        tried: list[Any] = []
-        stats = cluster.stats
+        self._enter(cluster)
+        try:
+            return self._tries(ctx, route, cluster, oneway, timeout, time.monotonic() + timeout, [], endpoint)
+        finally:
+            self._leave(ctx, cluster)
+
+    @staticmethod
+    def _enter(cluster: Cluster) -> None:
         cluster.check_request_limit()
         cluster.active_requests += 1
-        stats.upstream_rq_active.value += 1
-        remaining = timeout
-        try:
-            while True:
-                ctx.attempts += 1
-                if ctx.attempts > 1:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        stats.upstream_rq_timeout.inc()
-                        raise ProxyError(ErrorType.TIMEOUT, f"request timeout after {timeout}s", TIMEOUT)
-                per_try = policy.per_try_timeout or remaining
-                if per_try > remaining:
-                    per_try = remaining
-                try:
-                    response = self._try_once(ctx, route, cluster, per_try, oneway, tried)
-                except ProxyError as err:
-                    if err.flags == TIMEOUT:
-                        if per_try < remaining:
-                            stats.upstream_rq_per_try_timeout.inc()
-                        else:
-                            stats.upstream_rq_timeout.inc()
-                    if not self._retryable(_RETRY_FLAGS.get(err.flags), policy, ctx, oneway, cluster, deadline):
-                        raise
-                    self._before_retry(ctx, stats, cluster, deadline)
-                    continue
-                if (response is not None and response.get("response_status") is _ERROR and policy.retry_on
-                        and self._retryable("error", policy, ctx, oneway, cluster, deadline)):
-                    self._before_retry(ctx, stats, cluster, deadline)
-                    continue
-                if ctx.attempts > 1:
-                    stats.upstream_rq_retry_success.inc()
-                return response
-        finally:
-            cluster.active_requests -= 1
-            stats.upstream_rq_active.value -= 1
-            if ctx.attempts > 1:
-                cluster.active_retries -= ctx.attempts - 1
+        cluster.stats.upstream_rq_active.value += 1
 
-    def _try_once(self, ctx: RequestContext, route: Route, cluster: Cluster, timeout: float, oneway: bool,
-                  tried: list[Any]) -> Metadata | None:
-        endpoint = None
+    @staticmethod
+    def _leave(ctx: RequestContext, cluster: Cluster) -> None:
+        cluster.active_requests -= 1
+        cluster.stats.upstream_rq_active.value -= 1
+        if ctx.attempts > 1:
+            cluster.active_retries -= ctx.attempts - 1
+
+    def _tries(self, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool, timeout: float,
+               deadline: float, tried: list[Any], endpoint: Any = None) -> Metadata | None:
+        while True:
+            per_try, remaining = self._next_try(ctx, route, cluster, timeout, deadline)
+            try:
+                response = self._try_once(ctx, route, cluster, per_try, oneway, tried, endpoint)
+            except ProxyError as err:
+                if not self._retry_after_error(err, ctx, route, cluster, oneway, per_try < remaining, deadline):
+                    raise
+            else:
+                if not self._retry_after_response(response, ctx, route, cluster, oneway, deadline):
+                    return response
+            endpoint = None
+            self._before_retry(ctx, cluster.stats, cluster, deadline)
+
+    @staticmethod
+    def _next_try(ctx: RequestContext, route: Route, cluster: Cluster, timeout: float,
+                  deadline: float) -> tuple[float, float]:
+        """Count a try; its timeout and the request's time left (raise the request's timeout if none is)."""
+        ctx.attempts += 1
+        remaining = timeout
+        if ctx.attempts > 1:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                cluster.stats.upstream_rq_timeout.inc()
+                raise ProxyError(ErrorType.TIMEOUT, f"request timeout after {timeout}s", TIMEOUT)
+        per_try = route.retry_policy.per_try_timeout or remaining
+        return (remaining if per_try > remaining else per_try), remaining
+
+    def _retry_after_error(self, err: ProxyError, ctx: RequestContext, route: Route, cluster: Cluster,
+                           oneway: bool, short_try: bool, deadline: float) -> bool:
+        """Count a timeout (the try's own when it was shorter than the time left); True to retry."""
+        if err.flags == TIMEOUT:
+            if short_try:
+                cluster.stats.upstream_rq_per_try_timeout.inc()
+            else:
+                cluster.stats.upstream_rq_timeout.inc()
+        return self._retryable(_RETRY_FLAGS.get(err.flags), route.retry_policy, ctx, oneway, cluster, deadline)
+
+    def _retry_after_response(self, response: Metadata | None, ctx: RequestContext, route: Route,
+                              cluster: Cluster, oneway: bool, deadline: float) -> bool:
+        policy = route.retry_policy
+        if (response is not None and response.get("response_status") is _ERROR and policy.retry_on
+                and self._retryable("error", policy, ctx, oneway, cluster, deadline)):
+            return True
+        if ctx.attempts > 1:
+            cluster.stats.upstream_rq_retry_success.inc()
+        return False
+
+    @staticmethod
+    def _pick_endpoint(ctx: RequestContext, route: Route, cluster: Cluster, tried: list[Any]) -> Any:
         leases = ctx.leases
+        endpoint = None
         if leases is not None and not tried:  # ordered protocols stay on the endpoint they hold
             endpoint = leases.get(cluster.name)
             if endpoint is not None and not endpoint.in_rotation():
@@ -154,36 +200,140 @@ class RouterFilter(Filter):
             endpoint = cluster.choose(ctx.metadata, route.hash_policy, tuple(tried))
             if leases is not None:
                 leases[cluster.name] = endpoint
-        tried.append(endpoint)
-        ctx.upstream_host = endpoint.address
+        return endpoint
+
+    def _try_once(self, ctx: RequestContext, route: Route, cluster: Cluster, timeout: float, oneway: bool,
+                  tried: list[Any], endpoint: Any = None) -> Metadata | None:
+        if endpoint is None:
+            endpoint = self._pick_endpoint(ctx, route, cluster, tried)
         pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
-        stats = cluster.stats
-        stats.upstream_rq.value += 1
-        observers = self.upstream_observers
-        tokens = [obs.upstream_start(ctx, cluster.name, endpoint.address) for obs in observers] if observers else ()
-        endpoint.active_requests += 1
-        started = time.monotonic()
+        attempt = self._try_start(ctx, cluster, endpoint, tried)
         error: ProxyError | None = None
         response = None
         try:
-            response = pool.request(ctx.metadata, ctx.mutation, timeout, oneway, leases, ctx.order)
-            if response is not None and response.get("response_status") is _ERROR:
-                stats.upstream_rq_error.value += 1
-            else:
-                stats.upstream_rq_success.value += 1
+            response = pool.request(ctx.metadata, ctx.mutation, timeout, oneway, ctx.leases, ctx.order)
             return response
         except ProxyError as err:
             error = err
-            stats.upstream_rq_error.value += 1
             raise
         finally:
-            endpoint.active_requests -= 1
-            stats.upstream_rq_time_ms.observe((time.monotonic() - started) * 1000.0)
-            if cluster.on_result is not None:
-                cluster.on_result(endpoint, error)
-            if observers:
-                for obs, token in zip(observers, tokens, strict=True):
-                    obs.upstream_end(ctx, token, error, response)
+            self._try_end(ctx, cluster, attempt, error, response)
+
+    def _try_start(self, ctx: RequestContext, cluster: Cluster, endpoint: Any, tried: list[Any]) -> tuple:
+        """Account one try at ``endpoint``: (endpoint, observer tokens, start time) for :meth:`_try_end`."""
+        tried.append(endpoint)
+        ctx.upstream_host = endpoint.address
+        cluster.stats.upstream_rq.value += 1  # (stats: plain increments on the hot path)
+        observers = self.upstream_observers
+        tokens = [obs.upstream_start(ctx, cluster.name, endpoint.address) for obs in observers] if observers else ()
+        endpoint.active_requests += 1
+        return endpoint, tokens, time.monotonic()
+
+    def _try_end(self, ctx: RequestContext, cluster: Cluster, attempt: tuple, error: ProxyError | None,
+                 response: Metadata | None) -> None:
+        endpoint, tokens, started = attempt
+        stats = cluster.stats
+        if error is not None or (response is not None and response.get("response_status") is _ERROR):
+            stats.upstream_rq_error.value += 1
+        else:
+            stats.upstream_rq_success.value += 1
+        endpoint.active_requests -= 1
+        stats.upstream_rq_time_ms.observe((time.monotonic() - started) * 1000.0)
+        if cluster.on_result is not None:
+            cluster.on_result(endpoint, error)
+        if tokens:
+            for obs, token in zip(self.upstream_observers, tokens, strict=True):
+                obs.upstream_end(ctx, token, error, response)
+
+    # -- one request, in the hub's callbacks (ctx.resume finishes it) ------------------------
+    def _send_soon(self, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool) -> None:
+        """Queue the request on a ready upstream connection and return; the answer resumes it.
+
+        What cannot be done without waiting (connecting, a protocol without
+        multiplexing, a retry's backoff) moves to a greenlet, which resumes
+        the request the same way when it is done.
+        """
+        endpoint = self._pick_endpoint(ctx, route, cluster, [])
+        pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
+        ready = getattr(pool, "ready_connection", None)
+        conn = ready() if ready is not None else None
+        if conn is None:
+            ctx.suspended = True
+            RUNNER.spawn(self._send_then_resume, ctx, route, cluster, oneway, endpoint)
+            return
+        self._enter(cluster)
+        call = None
+        attempt = None
+        try:
+            timeout = route.timeout or self.default_timeout
+            deadline = time.monotonic() + timeout
+            per_try, remaining = self._next_try(ctx, route, cluster, timeout, deadline)
+            tried: list[Any] = []
+            attempt = self._try_start(ctx, cluster, endpoint, tried)
+            call = _Resume(self, ctx, route, cluster, oneway, timeout, deadline, tried, attempt, per_try,
+                           per_try < remaining)
+            conn.start(ctx.metadata, ctx.mutation, per_try, oneway, call)
+        except BaseException as exc:
+            if attempt is not None:
+                self._try_end(ctx, cluster, attempt, exc if isinstance(exc, ProxyError) else None, None)
+            self._leave(ctx, cluster)
+            raise
+        ctx.suspended = True
+
+    def resumed(self, call: _Resume, value: object) -> None:
+        """The upstream answered ``call`` (a response, a ProxyError, or the try's timer): in the hub."""
+        ctx, route, cluster = call.ctx, call.route, call.cluster
+        error: ProxyError | None = None
+        response = None
+        if value is TIMED_OUT:
+            error = timed_out(call.per_try)
+        elif isinstance(value, ProxyError):
+            error = value
+        else:
+            response = value  # type: ignore[assignment]
+        try:
+            self._try_end(ctx, cluster, call.attempt, error, response)
+            if error is not None:
+                retry = self._retry_after_error(error, ctx, route, cluster, call.oneway, call.short_try,
+                                                call.deadline)
+            else:
+                retry = self._retry_after_response(response, ctx, route, cluster, call.oneway, call.deadline)
+        except Exception as exc:  # an observer's or a health hook's bug fails this request only
+            error = _internal_error(exc)
+            retry = False
+        if retry:
+            RUNNER.spawn(self._retry_then_resume, call)
+            return
+        self._leave(ctx, cluster)
+        if error is None:
+            self._respond(ctx, route, response)
+        ctx.resume(ctx, error)
+
+    def _send_then_resume(self, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool,
+                          endpoint: Any) -> None:
+        error = None
+        try:
+            self._respond(ctx, route, self._send(ctx, route, cluster, oneway, endpoint))
+        except ProxyError as err:
+            error = err
+        except Exception as exc:
+            error = _internal_error(exc)
+        ctx.resume(ctx, error)
+
+    def _retry_then_resume(self, call: _Resume) -> None:
+        ctx, route, cluster = call.ctx, call.route, call.cluster
+        error = None
+        try:
+            self._before_retry(ctx, cluster.stats, cluster, call.deadline)
+            self._respond(ctx, route, self._tries(ctx, route, cluster, call.oneway, call.timeout, call.deadline,
+                                                  call.tried))
+        except ProxyError as err:
+            error = err
+        except Exception as exc:
+            error = _internal_error(exc)
+        finally:
+            self._leave(ctx, cluster)
+        ctx.resume(ctx, error)
 
     @staticmethod
     def _retryable(reason: str | None, policy: Any, ctx: RequestContext, oneway: bool, cluster: Cluster,
@@ -234,3 +384,46 @@ class RouterFilter(Filter):
             log.exception("mirror to %s failed", cluster.name)
         finally:
             self._mirrors_in_flight[cluster.name] -= 1
+
+
+def _internal_error(exc: BaseException) -> ProxyError:
+    log.exception("request failed in the router")
+    return ProxyError(ErrorType.UNSPECIFIED, f"internal error: {type(exc).__name__}")
+
+
+class _Resume:
+    """A request served in the hub's callbacks, waiting for its upstream: what the router needs to go on.
+
+    It is what :class:`~metaproxy.upstream.pool.MultiplexConnection` keeps in
+    ``pending`` (``done``, ``timer``, ``conn``, ``upstream_id``, ``switch``), in
+    place of a waiting greenlet; ``switch(value)`` hands the answer back to
+    the router instead of waking a greenlet.
+    """
+
+    __slots__ = ("router", "ctx", "route", "cluster", "oneway", "timeout", "deadline", "tried", "attempt",
+                 "per_try", "short_try", "done", "timer", "conn", "upstream_id")
+
+    def __init__(self, router: RouterFilter, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool,
+                 timeout: float, deadline: float, tried: list[Any], attempt: tuple, per_try: float,
+                 short_try: bool) -> None:
+        self.router = router
+        self.ctx = ctx
+        self.route = route
+        self.cluster = cluster
+        self.oneway = oneway
+        self.timeout = timeout
+        self.deadline = deadline
+        self.tried = tried
+        self.attempt = attempt
+        self.per_try = per_try
+        self.short_try = short_try
+        self.done = False
+        self.timer = None
+        self.conn = None
+        self.upstream_id = 0
+
+    def switch(self, value: object) -> None:
+        try:
+            self.router.resumed(self, value)
+        except Exception:  # noqa: BLE001 - in the hub: nothing must escape
+            log.exception("resuming a request failed")

@@ -94,6 +94,7 @@ class LuaFilter(Filter):
     """Runs Lua scripts on requests and responses (see the module docstring and docs/lua.md)."""
 
     name = "lua"
+    blocking = False  # scripts run to the end without a switch (see metaproxy/lua/runtime.py)
 
     def __init__(self, options: Mapping[str, Any], env: FilterEnv) -> None:
         super().__init__(options, env)

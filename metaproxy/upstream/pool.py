@@ -22,6 +22,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import gevent
@@ -31,7 +32,7 @@ from gevent.lock import Semaphore
 
 from metaproxy.codec import DONE, Codec, CodecError
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
-from metaproxy.netio import SCRATCH, SCRATCH_VIEW, send_all
+from metaproxy.netio import SCRATCH, SCRATCH_VIEW, kernel_socket, send_all, send_now
 from metaproxy.stats import ClusterStats
 from metaproxy.upstream.endpoint import Endpoint
 
@@ -158,44 +159,49 @@ class WriteBatch:
                 send_all(sock, data)
 
 
-_TIMED_OUT = object()
+TIMED_OUT = object()
 
 
 class _Call(Waiter):
-    """One request waiting for its response: a hub Waiter, and a raw libev timer while it waits.
+    """A greenlet waiting for its response: a hub Waiter the response, an error or the timer resolves.
 
     Cheaper than AsyncResult + gevent.Timeout (no link lists, no Timeout
     object per request), and a Waiter itself rather than an object holding
-    one (no Python-level constructor). The response, an error or the timer's
-    expiry all resolve it through ``_deliver`` in the hub, and only the first
-    one counts.
+    one (no Python-level constructor).
+
+    Everything :meth:`MultiplexConnection.start` keeps in ``pending`` has this
+    shape (``done``, ``timer``, ``conn``, ``upstream_id`` and ``switch(value)``):
+    the router's requests served in the hub's callbacks put a continuation
+    there instead of a waiting greenlet.
     """
 
     done = False
-
-    def resolve(self, value: object) -> None:
-        """Hand the waiting request its result (from any greenlet)."""
-        self.hub.loop.run_callback(_deliver, self, value)
-
-    def wait(self, timeout: float | None) -> object:
-        if timeout is None:
-            return self.get()
-        timer = self.hub.loop.timer(timeout)
-        timer.start(_deliver, self, _TIMED_OUT)
-        try:
-            return self.get()
-        finally:
-            timer.close()
+    timer = None
+    conn = None
+    upstream_id = 0
 
 
-def _deliver(call: _Call, value: object) -> None:
+def _deliver(call: Any, value: object) -> None:
+    """Resolve a pending request once (the response, an error or the timer, whichever comes first). In the hub."""
     if not call.done:
         call.done = True
+        timer = call.timer
+        if timer is not None:
+            timer.close()
+            if value is TIMED_OUT:
+                call.conn.pending.pop(call.upstream_id, None)
         call.switch(value)
 
 
 class MultiplexConnection:
-    """One connection carrying many requests, matched to responses by request id."""
+    """One connection carrying many requests, matched to responses by request id.
+
+    It lives in the hub's callbacks: an I/O watcher reads and decodes the
+    responses and hands each to what waits for it; requests queued in one
+    loop iteration leave in one write, made by a loop callback. Only a write
+    the kernel does not take at once, a TLS connection, and connecting use a
+    greenlet.
+    """
 
     def __init__(self, endpoint: Endpoint, codec: Codec, stats: ClusterStats, limits: Limits,
                  connect_timeout: float, tls: UpstreamTls | None = None) -> None:
@@ -205,13 +211,21 @@ class MultiplexConnection:
         self.stats = stats
         self.limits = limits
         self.connect_timeout = connect_timeout
+        self.loop = gevent.get_hub().loop
         self.sock: socket.socket | None = None
-        self.pending: dict[int, _Call] = {}
+        self.raw: socket.socket | None = None  # the kernel socket (None for TLS: it must encrypt)
+        self.pending: dict[int, Any] = {}
         self.next_id = 0
         self.closed = False
+        self.buffer = bytearray()
+        #: Encoded requests not yet written, and the oneway calls told once they are.
+        self.out = bytearray()
+        self.oneways: list[Any] = []
+        self.flush_scheduled = False
+        self.writing = False  # a greenlet is writing what the kernel did not take at once
         self._connecting: AsyncResult | None = None
         self._reader: gevent.Greenlet | None = None
-        self._batch = WriteBatch()
+        self._watcher: Any = None
         self.last_used = time.monotonic()
 
     def _ensure_connected(self) -> None:
@@ -229,88 +243,172 @@ class MultiplexConnection:
                 self.closed = True
                 self._connecting.set_exception(err)
                 raise
+            self.raw = kernel_socket(self.sock)
+            if self.raw is None:
+                self._reader = gevent.spawn(self._read_loop)
+            else:
+                self._watcher = self.loop.io(self.raw.fileno(), 1)
+                self._watcher.start(self._on_readable)
             self._connecting.set(None)
-            self._reader = gevent.spawn(self._read_loop)
         finally:
             self.limits.pending -= 1
 
-    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
-        if self.sock is None:
-            self._ensure_connected()
+    @property
+    def ready(self) -> bool:
+        """Connected and open: a request can be queued on it without waiting."""
+        return self.sock is not None and not self.closed
+
+    def start(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool, call: Any) -> None:
+        """Queue one request; ``call`` (see :class:`_Call`) is resolved later, in the hub. Never blocks.
+
+        A oneway ``call`` is resolved with None once its bytes are written (or
+        with the ProxyError if they cannot be); any other with the response,
+        a ProxyError, or ``TIMED_OUT`` after ``timeout``.
+        """
         self.last_used = time.monotonic()
         self.next_id = upstream_id = self.next_id + 1 if self.next_id < MAX_UPSTREAM_ID else 1
         downstream_id = metadata.get("request_id")
         metadata["request_id"] = upstream_id
         try:
-            _encode(self.codec, metadata, mutation, self._batch.out, self.stats)
+            _encode(self.codec, metadata, mutation, self.out, self.stats)
         finally:
             metadata["request_id"] = downstream_id
-        call = None
-        if not oneway:
-            call = _Call()
+        if oneway:
+            self.oneways.append(call)
+        else:
             self.pending[upstream_id] = call
-        try:
-            if not self._batch.batching:
-                self._batch.flush(self)
-        except OSError as exc:
-            self.pending.pop(upstream_id, None)
-            self.close(ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET))
-            raise ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET) from None
-        if call is None:
-            return None
-        result = call.wait(timeout)
-        if result is _TIMED_OUT:
-            self.pending.pop(upstream_id, None)
-            raise _timed_out(timeout)
+            call.conn = self
+            call.upstream_id = upstream_id
+            if timeout is not None:
+                timer = call.timer = self.loop.timer(timeout)
+                timer.start(_deliver, call, TIMED_OUT)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.run_callback(self._flush)
+
+    def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
+        """Send one request and wait for its response on this greenlet."""
+        if self.sock is None:
+            self._ensure_connected()
+        call = _Call()
+        self.start(metadata, mutation, timeout, oneway, call)
+        result = call.get()
+        if result is TIMED_OUT:
+            raise timed_out(timeout)
         if isinstance(result, ProxyError):
             raise result
-        return result
+        return result  # type: ignore[return-value]
+
+    # -- writing (a loop callback: every request queued in this iteration leaves in one write) ------
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        oneways = self.oneways
+        if oneways:
+            self.oneways = []
+        error = None
+        if self.sock is None:
+            error = ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
+        elif not self.writing and self.out:
+            data, self.out = self.out, bytearray()
+            try:
+                sent = send_now(self.raw, data) if self.raw is not None else 0
+            except OSError as exc:
+                error = _write_failed(exc)
+                self.close(error)
+            else:
+                if sent < len(data):
+                    self.out[:0] = memoryview(data)[sent:]
+                    self.writing = True
+                    gevent.spawn(self._write_rest)
+        for call in oneways:
+            _deliver(call, error)
+
+    def _write_rest(self) -> None:
+        try:
+            while self.out and self.sock is not None:
+                data, self.out = self.out, bytearray()
+                send_all(self.sock, data)
+        except OSError as exc:
+            self.close(_write_failed(exc))
+        finally:
+            self.writing = False
+
+    # -- reading ---------------------------------------------------------------
+    def _on_readable(self) -> None:
+        """The I/O watcher's callback (in the hub): read what arrived, answer whoever waits for it."""
+        try:
+            n = self.raw.recv_into(SCRATCH)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET))
+            return
+        if not n:
+            self.close(ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET))
+            return
+        self.buffer += SCRATCH_VIEW[:n]
+        error = self._take_responses(_deliver)
+        if error is not None:
+            self.close(error)
 
     def _read_loop(self) -> None:
+        """TLS connections: a greenlet reads (the SSL object may hold decrypted bytes a watcher would miss)."""
         sock = self.sock
-        buffer = bytearray()
         error = ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
-        run_callback = gevent.get_hub().loop.run_callback  # what _Call.resolve does, without its frame
+        deliver_later = partial(self.loop.run_callback, _deliver)
         try:
             while True:
                 n = sock.recv_into(SCRATCH)  # type: ignore[union-attr]
                 if not n:
                     break
-                buffer += SCRATCH_VIEW[:n]
-                while buffer:
-                    md = Metadata()
-                    if self.codec.decode(buffer, md) is not DONE:
-                        break
-                    if md.get("message_type") is _HEARTBEAT:
-                        # servers ping idle connections (Dubbo): answer, never match to a request
-                        out = bytearray()
-                        self.codec.heartbeat_reply(md, out)
-                        if out:
-                            with self._batch.lock:
-                                send_all(sock, out)
-                        continue
-                    call = self.pending.pop(md.get("request_id"), None)
-                    if call is not None:
-                        run_callback(_deliver, call, md)
-                    elif not 0 < (md.get("request_id") or 0) <= self.next_id:
-                        self.stats.upstream_rq_unknown_id.inc()
-                        error = ProxyError(ErrorType.BAD_RESPONSE,
-                                           f"upstream answered request id {md.get('request_id')!r} never sent",
-                                           PROTOCOL_ERROR)
-                        return
-        except CodecError as exc:
-            self.stats.upstream_rq_decoding_error.inc()
-            log.warning("bad response from %s: %s; closing the connection", self.endpoint.address, exc)
-            error = ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR)
+                self.buffer += SCRATCH_VIEW[:n]
+                failed = self._take_responses(deliver_later)
+                if failed is not None:
+                    error = failed
+                    break
         except OSError as exc:
             error = ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET)
         finally:
             self.close(error)
 
+    def _take_responses(self, deliver: Callable[[Any, object], Any]) -> ProxyError | None:
+        """Decode every whole response in the buffer and deliver it; the error that must close us, if any."""
+        buffer = self.buffer
+        codec = self.codec
+        pending = self.pending
+        try:
+            while buffer and not self.closed:
+                md = Metadata()
+                if codec.decode(buffer, md) is not DONE:
+                    break
+                if md.get("message_type") is _HEARTBEAT:
+                    # servers ping idle connections (Dubbo): answer, never match to a request
+                    codec.heartbeat_reply(md, self.out)
+                    if self.out and not self.flush_scheduled:
+                        self.flush_scheduled = True
+                        self.loop.run_callback(self._flush)
+                    continue
+                call = pending.pop(md.get("request_id"), None)
+                if call is not None:
+                    deliver(call, md)
+                elif not 0 < (md.get("request_id") or 0) <= self.next_id:
+                    self.stats.upstream_rq_unknown_id.inc()
+                    return ProxyError(ErrorType.BAD_RESPONSE,
+                                      f"upstream answered request id {md.get('request_id')!r} never sent",
+                                      PROTOCOL_ERROR)
+        except CodecError as exc:
+            self.stats.upstream_rq_decoding_error.inc()
+            log.warning("bad response from %s: %s; closing the connection", self.endpoint.address, exc)
+            return ProxyError(ErrorType.BAD_RESPONSE, f"bad upstream response: {exc}", PROTOCOL_ERROR)
+        return None
+
     def close(self, error: ProxyError | None = None) -> None:
         if self.closed and self.sock is None:
             return
         self.closed = True
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         sock, self.sock = self.sock, None
         if sock is not None:
             self.limits.connections -= 1
@@ -319,15 +417,23 @@ class MultiplexConnection:
                 sock.close()
             except OSError:
                 pass
+        err = error or ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
         if self.pending:
             self.stats.upstream_cx_destroy_with_active_rq.inc()
             pending, self.pending = self.pending, {}
-            err = error or ProxyError(ErrorType.UNSPECIFIED, "upstream connection closed", RESET)
             for call in pending.values():
-                call.resolve(err)
+                self.loop.run_callback(_deliver, call, err)
+        if self.oneways:
+            oneways, self.oneways = self.oneways, []
+            for call in oneways:
+                self.loop.run_callback(_deliver, call, err)
         reader = self._reader
         if reader is not None and reader is not gevent.getcurrent():
             reader.kill(block=False)
+
+
+def _write_failed(exc: OSError) -> ProxyError:
+    return ProxyError(ErrorType.UNSPECIFIED, f"upstream write failed: {exc}", RESET)
 
 
 class _Pool:
@@ -356,7 +462,7 @@ def _failure(exc: Exception, stats: ClusterStats) -> ProxyError:
     return ProxyError(ErrorType.UNSPECIFIED, f"upstream connection reset: {exc}", RESET)
 
 
-def _timed_out(timeout: float | None) -> ProxyError:
+def timed_out(timeout: float | None) -> ProxyError:
     return ProxyError(ErrorType.TIMEOUT, f"upstream request timeout after {timeout}s", TIMEOUT)
 
 
@@ -394,6 +500,11 @@ class MultiplexPool(_Pool):
                 conns.append(best)
         assert best is not None
         return best
+
+    def ready_connection(self) -> MultiplexConnection | None:
+        """The connection the next request goes to, if it can take it now (None: it must connect first)."""
+        conn = self._pick()
+        return conn if conn.ready else None
 
     def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool,
                 leases: dict | None = None, order: tuple[SendOrder, int] | None = None) -> Metadata | None:
@@ -558,7 +669,7 @@ class ExclusivePool(_Pool):
         # the Timeout expired (False: no exception raised inside the block)
         if conn is not None:
             self._drop(conn, leases)
-        raise _timed_out(timeout)
+        raise timed_out(timeout)
 
     def _read_turn(self, conn: ExclusiveConnection, ticket: int) -> Metadata:
         conn.turns.wait(ticket)
@@ -581,7 +692,7 @@ class ExclusivePool(_Pool):
             raise _failure(exc, self.stats) from None
         # the Timeout expired (False: no exception raised inside the block)
         self._discard(conn)
-        raise _timed_out(timeout)
+        raise timed_out(timeout)
 
     def _drop(self, conn: ExclusiveConnection, leases: dict | None) -> None:
         if leases is not None and leases.get(self) is conn:

@@ -127,6 +127,7 @@ class WasmFilter(Filter):
     """Host of one Proxy-Wasm plugin: one instance per worker process, reused by every request."""
 
     name = "wasm"
+    blocking = False  # a module runs to the end in one ctypes call; no host call waits
 
     def __init__(self, options: Mapping[str, Any], env: FilterEnv) -> None:
         super().__init__(options, env)
