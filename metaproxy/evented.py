@@ -122,18 +122,15 @@ class CallbackConnection(DownstreamConnection):
                 if out:
                     self.send(out)
                 continue
-            self._serve(md)
-
-    def _serve(self, md: Metadata) -> None:
-        size = len(md.frame)
-        self.buffered += size
-        BUDGET.used += size
-        self.jobs += 1
-        ctx = self.begin(md)
-        ctx.resume = self._resume
-        error = self.run_chain(ctx)
-        if not ctx.suspended:
-            self._resume(ctx, error)
+            size = len(md.frame)  # serve it: the request and its reply count against the watermarks
+            self.buffered += size
+            BUDGET.used += size
+            self.jobs += 1
+            ctx = self.begin(md)
+            ctx.resume = self._resume
+            error = self.run_chain(ctx)
+            if not ctx.suspended:
+                self._resume(ctx, error)
 
     def _resume(self, ctx: RequestContext, error: ProxyError | None) -> None:
         """Finish a request: now, or when its upstream answers (from the upstream's read callback)."""
@@ -142,12 +139,24 @@ class CallbackConnection(DownstreamConnection):
                 ctx.error = error
             out = self.finish(ctx, error)
             if out and not self.closed:
-                self.send(out)
+                if self._out is None:  # the usual case: the kernel takes the whole reply now
+                    sent = send_now(self._raw, out)  # type: ignore[arg-type]
+                    if sent < len(out):
+                        self.send(memoryview(out)[sent:])
+                else:
+                    self.send(out)
+        except OSError as exc:
+            log.debug("write to %s failed: %s", self.peer, exc)
+            self.close()
         except Exception:  # noqa: BLE001 - an observer's bug: this request is lost, the connection is not
             log.exception("listener %s: finishing a request failed", self.listener.name)
         finally:
             self.jobs -= 1
-            self._release_bytes(len(ctx.metadata.frame))
+            size = len(ctx.metadata.frame)
+            self.buffered -= size  # (_release_bytes)
+            BUDGET.used -= size
+            if self._paused:
+                self.loop.run_callback(self._unpause)
             if self.listener.draining:
                 self._close_if_done()
 

@@ -207,7 +207,8 @@ class RouterFilter(Filter):
         if endpoint is None:
             endpoint = self._pick_endpoint(ctx, route, cluster, tried)
         pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
-        attempt = self._try_start(ctx, cluster, endpoint, tried)
+        tried.append(endpoint)
+        attempt = self._try_start(ctx, cluster, endpoint)
         error: ProxyError | None = None
         response = None
         try:
@@ -219,9 +220,8 @@ class RouterFilter(Filter):
         finally:
             self._try_end(ctx, cluster, attempt, error, response)
 
-    def _try_start(self, ctx: RequestContext, cluster: Cluster, endpoint: Any, tried: list[Any]) -> tuple:
+    def _try_start(self, ctx: RequestContext, cluster: Cluster, endpoint: Any) -> tuple:
         """Account one try at ``endpoint``: (endpoint, observer tokens, start time) for :meth:`_try_end`."""
-        tried.append(endpoint)
         ctx.upstream_host = endpoint.address
         cluster.stats.upstream_rq.value += 1  # (stats: plain increments on the hot path)
         observers = self.upstream_observers
@@ -251,63 +251,43 @@ class RouterFilter(Filter):
 
         What cannot be done without waiting (connecting, a protocol without
         multiplexing, a retry's backoff) moves to a greenlet, which resumes
-        the request the same way when it is done.
+        the request the same way when it is done. This is the first try of
+        :meth:`_send` with its helpers written out (a Python call is ~800
+        instructions: this path is the one every request of an evented
+        listener takes).
         """
-        endpoint = self._pick_endpoint(ctx, route, cluster, [])
+        endpoint = self._pick_endpoint(ctx, route, cluster, []) if ctx.leases is not None else \
+            cluster.choose(ctx.metadata, route.hash_policy)
         pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
-        ready = getattr(pool, "ready_connection", None)
-        conn = ready() if ready is not None else None
+        conn = pool.ready_connection() if self.multiplexing else None
         if conn is None:
             ctx.suspended = True
             RUNNER.spawn(self._send_then_resume, ctx, route, cluster, oneway, endpoint)
             return
-        self._enter(cluster)
-        call = None
-        attempt = None
+        if cluster.active_requests >= cluster.limits.max_requests:
+            cluster.check_request_limit()  # raises
+        cluster.active_requests += 1  # (_enter)
+        stats = cluster.stats
+        stats.upstream_rq_active.value += 1
+        timeout = route.timeout or self.default_timeout
+        per_try = route.retry_policy.per_try_timeout or timeout
+        if per_try > timeout:
+            per_try = timeout
+        ctx.attempts += 1
+        ctx.upstream_host = endpoint.address  # (_try_start)
+        stats.upstream_rq.value += 1
+        observers = self.upstream_observers
+        tokens = [obs.upstream_start(ctx, cluster.name, endpoint.address) for obs in observers] if observers else ()
+        endpoint.active_requests += 1
+        attempt = (endpoint, tokens, time.monotonic())
+        call = _Resume(self, ctx, route, cluster, oneway, timeout, per_try, attempt)
         try:
-            timeout = route.timeout or self.default_timeout
-            deadline = time.monotonic() + timeout
-            per_try, remaining = self._next_try(ctx, route, cluster, timeout, deadline)
-            tried: list[Any] = []
-            attempt = self._try_start(ctx, cluster, endpoint, tried)
-            call = _Resume(self, ctx, route, cluster, oneway, timeout, deadline, tried, attempt, per_try,
-                           per_try < remaining)
             conn.start(ctx.metadata, ctx.mutation, per_try, oneway, call)
         except BaseException as exc:
-            if attempt is not None:
-                self._try_end(ctx, cluster, attempt, exc if isinstance(exc, ProxyError) else None, None)
+            self._try_end(ctx, cluster, attempt, exc if isinstance(exc, ProxyError) else None, None)
             self._leave(ctx, cluster)
             raise
         ctx.suspended = True
-
-    def resumed(self, call: _Resume, value: object) -> None:
-        """The upstream answered ``call`` (a response, a ProxyError, or the try's timer): in the hub."""
-        ctx, route, cluster = call.ctx, call.route, call.cluster
-        error: ProxyError | None = None
-        response = None
-        if value is TIMED_OUT:
-            error = timed_out(call.per_try)
-        elif isinstance(value, ProxyError):
-            error = value
-        else:
-            response = value  # type: ignore[assignment]
-        try:
-            self._try_end(ctx, cluster, call.attempt, error, response)
-            if error is not None:
-                retry = self._retry_after_error(error, ctx, route, cluster, call.oneway, call.short_try,
-                                                call.deadline)
-            else:
-                retry = self._retry_after_response(response, ctx, route, cluster, call.oneway, call.deadline)
-        except Exception as exc:  # an observer's or a health hook's bug fails this request only
-            error = _internal_error(exc)
-            retry = False
-        if retry:
-            RUNNER.spawn(self._retry_then_resume, call)
-            return
-        self._leave(ctx, cluster)
-        if error is None:
-            self._respond(ctx, route, response)
-        ctx.resume(ctx, error)
 
     def _send_then_resume(self, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool,
                           endpoint: Any) -> None:
@@ -324,9 +304,10 @@ class RouterFilter(Filter):
         ctx, route, cluster = call.ctx, call.route, call.cluster
         error = None
         try:
-            self._before_retry(ctx, cluster.stats, cluster, call.deadline)
-            self._respond(ctx, route, self._tries(ctx, route, cluster, call.oneway, call.timeout, call.deadline,
-                                                  call.tried))
+            deadline = call.attempt[2] + call.timeout
+            self._before_retry(ctx, cluster.stats, cluster, deadline)
+            self._respond(ctx, route, self._tries(ctx, route, cluster, call.oneway, call.timeout, deadline,
+                                                  [call.attempt[0]]))
         except ProxyError as err:
             error = err
         except Exception as exc:
@@ -397,33 +378,59 @@ class _Resume:
     It is what :class:`~metaproxy.upstream.pool.MultiplexConnection` keeps in
     ``pending`` (``done``, ``timer``, ``conn``, ``upstream_id``, ``switch``), in
     place of a waiting greenlet; ``switch(value)`` hands the answer back to
-    the router instead of waking a greenlet.
+    the router instead of waking a greenlet. ``attempt`` is the try's
+    (endpoint, observer tokens, start time): the request's deadline is its
+    start plus ``timeout``.
     """
 
-    __slots__ = ("router", "ctx", "route", "cluster", "oneway", "timeout", "deadline", "tried", "attempt",
-                 "per_try", "short_try", "done", "timer", "conn", "upstream_id")
+    __slots__ = ("router", "ctx", "route", "cluster", "oneway", "timeout", "per_try", "attempt",
+                 "done", "timer", "conn", "upstream_id")
 
     def __init__(self, router: RouterFilter, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool,
-                 timeout: float, deadline: float, tried: list[Any], attempt: tuple, per_try: float,
-                 short_try: bool) -> None:
+                 timeout: float, per_try: float, attempt: tuple) -> None:
         self.router = router
         self.ctx = ctx
         self.route = route
         self.cluster = cluster
         self.oneway = oneway
         self.timeout = timeout
-        self.deadline = deadline
-        self.tried = tried
-        self.attempt = attempt
         self.per_try = per_try
-        self.short_try = short_try
+        self.attempt = attempt
         self.done = False
         self.timer = None
-        self.conn = None
-        self.upstream_id = 0
 
     def switch(self, value: object) -> None:
+        """The upstream answered (a response, a ProxyError, or the try's timer): go on, in the hub."""
+        router, ctx, route, cluster = self.router, self.ctx, self.route, self.cluster
+        error: ProxyError | None = None
+        response: Metadata | None = None
+        if value is TIMED_OUT:
+            error = timed_out(self.per_try)
+        elif isinstance(value, ProxyError):
+            error = value
+        else:
+            response = value  # type: ignore[assignment]
+        retry = False
         try:
-            self.router.resumed(self, value)
+            router._try_end(ctx, cluster, self.attempt, error, response)
+            if error is not None:
+                retry = router._retry_after_error(error, ctx, route, cluster, self.oneway, self.per_try < self.timeout,
+                                                  self.attempt[2] + self.timeout)
+            elif route.retry_policy.retry_on:
+                retry = router._retry_after_response(response, ctx, route, cluster, self.oneway,
+                                                     self.attempt[2] + self.timeout)
+        except Exception as exc:  # noqa: BLE001 - an observer's or a health hook's bug fails this request only
+            error = _internal_error(exc)
+        if retry:
+            RUNNER.spawn(router._retry_then_resume, self)
+            return
+        cluster.active_requests -= 1  # (_leave: one try, so no retry to count back)
+        cluster.stats.upstream_rq_active.value -= 1
+        if response is not None and error is None:
+            ctx.response_metadata = response
+            for key, item in route.response_mutation:
+                ctx.response_mutation[key] = item
+        try:
+            ctx.resume(ctx, error)  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - in the hub: nothing must escape
             log.exception("resuming a request failed")

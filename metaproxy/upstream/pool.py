@@ -502,9 +502,26 @@ class MultiplexPool(_Pool):
         return best
 
     def ready_connection(self) -> MultiplexConnection | None:
-        """The connection the next request goes to, if it can take it now (None: it must connect first)."""
-        conn = self._pick()
-        return conn if conn.ready else None
+        """The least busy connection if :meth:`_pick` would choose it without opening, closing or waiting.
+
+        None sends the request the greenlet way (:meth:`request`), which picks
+        again and does what must be done: connect, retire an idle connection.
+        """
+        best = None
+        best_pending = 0
+        for conn in self.connections:
+            if conn.sock is None or conn.closed:
+                if conn.closed:
+                    self.connections = [c for c in self.connections if not c.closed]
+                return None
+            pending = len(conn.pending)
+            if best is None or pending < best_pending:
+                best, best_pending = conn, pending
+        if best is None or (best_pending and len(self.connections) < self.size):
+            return None
+        if not best_pending and best.last_used < time.monotonic() - self.idle_timeout:
+            return None
+        return best
 
     def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool,
                 leases: dict | None = None, order: tuple[SendOrder, int] | None = None) -> Metadata | None:
