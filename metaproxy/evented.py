@@ -140,7 +140,10 @@ class CallbackConnection(DownstreamConnection):
             out = self.finish(ctx, error)
             if out and not self.closed:
                 if self._out is None:  # the usual case: the kernel takes the whole reply now
-                    sent = send_now(self._raw, out)  # type: ignore[arg-type]
+                    try:
+                        sent = self._raw.send(out)  # type: ignore[union-attr]
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
                     if sent < len(out):
                         self.send(memoryview(out)[sent:])
                 else:

@@ -115,7 +115,10 @@ class RouteTable:
 
     def match(self, metadata: Metadata) -> Route | None:
         for route in self.routes:
-            if route.matches(metadata):
+            for matcher in route.matchers:  # (Route.matches written out: this runs per request)
+                if not matcher.matches(metadata):
+                    break
+            else:
                 return route
         return None
 

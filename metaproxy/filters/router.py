@@ -7,6 +7,7 @@ live here because they are properties of a route.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import time
@@ -90,7 +91,8 @@ class RouterFilter(Filter):
         if route.request_mutation:
             for key, value in route.request_mutation:
                 ctx.mutation[key] = value
-        cluster_name = route.pick_cluster()
+        clusters = route.clusters
+        cluster_name = clusters[0].name if len(clusters) == 1 else route.pick_cluster()
         ctx.cluster_name = cluster_name
         cluster = self.clusters.get(cluster_name) if self.clusters is not None else None
         if cluster is None:
@@ -238,7 +240,11 @@ class RouterFilter(Filter):
         else:
             stats.upstream_rq_success.value += 1
         endpoint.active_requests -= 1
-        stats.upstream_rq_time_ms.observe((time.monotonic() - started) * 1000.0)
+        elapsed = (time.monotonic() - started) * 1000.0
+        histogram = stats.upstream_rq_time_ms  # (Histogram.observe written out: this runs per request)
+        histogram.counts[bisect.bisect_left(histogram._keys, elapsed)] += 1
+        histogram.sum += elapsed
+        histogram.count += 1
         if cluster.on_result is not None:
             cluster.on_result(endpoint, error)
         if tokens:

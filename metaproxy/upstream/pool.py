@@ -269,10 +269,14 @@ class MultiplexConnection:
         self.next_id = upstream_id = self.next_id + 1 if self.next_id < MAX_UPSTREAM_ID else 1
         downstream_id = metadata.get("request_id")
         metadata["request_id"] = upstream_id
+        codec = self.codec
         try:
-            _encode(self.codec, metadata, mutation, self.out, self.stats)
+            codec.encode(metadata, mutation, self.out)
         finally:
             metadata["request_id"] = downstream_id
+        if codec.mutations_dropped:  # the wire format could not carry the mutation
+            self.stats.mutation_dropped.inc(codec.mutations_dropped)
+            codec.mutations_dropped = 0
         if oneway:
             self.oneways.append(call)
         else:
@@ -389,13 +393,20 @@ class MultiplexConnection:
                         self.loop.run_callback(self._flush)
                     continue
                 call = pending.pop(md.get("request_id"), None)
-                if call is not None:
+                if call is None:
+                    if not 0 < (md.get("request_id") or 0) <= self.next_id:
+                        self.stats.upstream_rq_unknown_id.inc()
+                        return ProxyError(ErrorType.BAD_RESPONSE,
+                                          f"upstream answered request id {md.get('request_id')!r} never sent",
+                                          PROTOCOL_ERROR)
+                elif deliver is _deliver:  # in the hub: _deliver written out (one call less per response)
+                    if not call.done:
+                        call.done = True
+                        if call.timer is not None:
+                            call.timer.close()
+                        call.switch(md)
+                else:
                     deliver(call, md)
-                elif not 0 < (md.get("request_id") or 0) <= self.next_id:
-                    self.stats.upstream_rq_unknown_id.inc()
-                    return ProxyError(ErrorType.BAD_RESPONSE,
-                                      f"upstream answered request id {md.get('request_id')!r} never sent",
-                                      PROTOCOL_ERROR)
         except CodecError as exc:
             self.stats.upstream_rq_decoding_error.inc()
             log.warning("bad response from %s: %s; closing the connection", self.endpoint.address, exc)
