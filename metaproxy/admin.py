@@ -198,6 +198,9 @@ def config_dump(proxy: Any) -> dict[str, Any]:
             },
             "route_updates": getattr(listener.routes, "updates", 0),
             "active_connections": len(getattr(listener, "connections", ())),
+            # How plain-socket connections are served: in the loop's callbacks, or on greenlets
+            # (a filter that may block, or a protocol that keeps replies in order).
+            "serving": "callbacks" if getattr(listener, "evented", False) else "greenlets",
         }
         if lc.rds is not None:
             entry["rds"] = {"route_config_name": lc.rds.route_config_name, "server": lc.rds.server,

@@ -125,7 +125,7 @@ class FilterChain:
     filter's ``on_request`` ran: the router is last).
     """
 
-    __slots__ = ("filters", "_request_hooks", "_response_hooks", "blocking")
+    __slots__ = ("filters", "_request_hooks", "response_hooks", "blocking")
 
     def __init__(self, filters: Sequence[Filter]) -> None:
         self.filters = list(filters)
@@ -133,7 +133,8 @@ class FilterChain:
         self._request_hooks: list[Callable[[RequestContext], Any]] = [
             f.on_request for f in self.filters if type(f).on_request is not Filter.on_request
         ]
-        self._response_hooks: list[Callable[[RequestContext], Any]] = [
+        #: The filters' on_response hooks in the order they run (empty: nothing to call).
+        self.response_hooks: list[Callable[[RequestContext], Any]] = [
             f.on_response for f in reversed(self.filters) if type(f).on_response is not Filter.on_response
         ]
         #: True if any filter's hooks may wait: then every request gets a greenlet of its own.
@@ -152,7 +153,7 @@ class FilterChain:
         return None
 
     def run_response(self, ctx: RequestContext) -> None:
-        for hook in self._response_hooks:
+        for hook in self.response_hooks:
             hook(ctx)
 
     def close(self) -> None:

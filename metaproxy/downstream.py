@@ -321,7 +321,7 @@ class DownstreamConnection:
         out = bytearray()
         try:
             response = ctx.response_metadata
-            if error is None and response is not None:
+            if error is None and response is not None and listener.chain.response_hooks:
                 try:
                     listener.chain.run_response(ctx)
                 except ProxyError as err:
