@@ -1,6 +1,7 @@
 """Machine instructions per proxied request, counted by valgrind: the speed figure load cannot move.
 
     python bench/icount.py [--scenario tinyrpc|thrift|dubbo] [--requests 2000] [--connections 20]
+    python bench/icount.py --relay gevent_relay|callback_relay    # an L4 relay floor instead of metaproxy
 
 Why: on a shared 2-core machine the CPU time a request costs moves by 2x
 from one run to the next (other processes take the caches and the cores);
@@ -56,8 +57,11 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def measure(scenario: str, requests: int, conns: int, build: Path, python: str) -> float:
-    """Instructions per request of a metaproxy (one listener, router, one upstream) for ``scenario``."""
+def measure(scenario: str, requests: int, conns: int, build: Path, python: str, relay: str | None = None) -> float:
+    """Instructions per request of a metaproxy (one listener, router, one upstream) for ``scenario``.
+
+    ``relay``: measure bench/RELAY.py (an L4 relay, no decoding) in its place.
+    """
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: `make deps-bench` installs valgrind")
@@ -67,8 +71,9 @@ def measure(scenario: str, requests: int, conns: int, build: Path, python: str) 
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cfg = work / "metaproxy.yaml"
     cfg.write_text(yaml.safe_dump(metaproxy_config(PROTOCOLS[scenario], upstream_port, port)))
-    proxy = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.out",
-                              python, "-m", "metaproxy.cli", "run", "-c", str(cfg)],
+    program = [python, str(HERE / f"{relay}.py"), str(port), str(upstream_port)] if relay else \
+        [python, "-m", "metaproxy.cli", "run", "-c", str(cfg)]
+    proxy = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.out", *program],
                              stdout=subprocess.DEVNULL, stderr=(work / "valgrind.log").open("w"), cwd=work)
     try:
         wait_for_port(upstream_port, server, 10.0)
@@ -100,9 +105,12 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=20)
     p.add_argument("--build", type=Path, default=HERE.parent / "build" / "bench")
     p.add_argument("--python", default=sys.executable, help="the interpreter the proxy runs on")
+    p.add_argument("--relay", choices=("gevent_relay", "callback_relay"),
+                   help="measure this L4 relay of bench/ instead of metaproxy (the floor of each serving shape)")
     args = p.parse_args()
-    per = measure(args.scenario, args.requests, args.connections, args.build, args.python)
-    print(f"{args.scenario}: {per:,.0f} instructions per request (user space, valgrind callgrind)")
+    per = measure(args.scenario, args.requests, args.connections, args.build, args.python, args.relay)
+    print(f"{args.relay or 'metaproxy'}, {args.scenario}: {per:,.0f} instructions per request "
+          "(user space, valgrind callgrind)")
 
 
 if __name__ == "__main__":

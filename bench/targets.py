@@ -73,12 +73,21 @@ class GeventRelay(Target):
     """bench/gevent_relay.py: the cost of gevent and the kernel alone, the floor for any gevent proxy."""
 
     name = "gevent-relay"
+    script = "gevent_relay.py"
 
     def start(self, scenario: Scenario, upstream: Service, workdir: Path) -> Service | None:
         port = free_port()
-        script = Path(__file__).resolve().parent / "gevent_relay.py"
+        script = Path(__file__).resolve().parent / self.script
         return start_listening(self.name, [sys.executable, str(script), str(port), str(upstream.port)], port,
-                               workdir / "gevent_relay.log")
+                               workdir / f"{self.name}.log")
 
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (Direct, HAProxy, MetaProxy, GeventRelay, HAProxy2, MetaProxy2)}
+class CallbackRelay(GeventRelay):
+    """bench/callback_relay.py: the same relay in the loop's I/O callbacks, the floor for metaproxy's evented path."""
+
+    name = "callback-relay"
+    script = "callback_relay.py"
+
+
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (Direct, HAProxy, MetaProxy, GeventRelay, CallbackRelay,
+                                                        HAProxy2, MetaProxy2)}

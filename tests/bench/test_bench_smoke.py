@@ -35,3 +35,22 @@ def test_every_scenario_runs_through_every_path(tmp_path):
         for target in ("direct", "haproxy", "metaproxy", "haproxy-2t", "metaproxy-2w"):
             assert (scenario, target) in seen, f"no {target} row for {scenario}"
     assert all(row["rps"] > 0 for row in rows)
+
+
+@pytest.mark.timeout(120)
+def test_the_relay_floors_carry_traffic(tmp_path):
+    """bench/gevent_relay.py and bench/callback_relay.py, the floors docs/performance.md compares with."""
+    build = subprocess.run(["make", "--no-print-directory", "bench-tools"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=100)
+    assert build.returncode == 0, build.stderr
+    out = tmp_path / "rows.json"
+    run = subprocess.run([sys.executable, "bench/run.py", "--build", "build/bench", "--seconds", "0.3",
+                          "--warmup", "0.1", "--idle", "0", "--connections", "1,8", "--scenarios", "tinyrpc,dubbo",
+                          "--targets", "gevent-relay,callback-relay", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=100)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = data["rows"] if isinstance(data, dict) else data
+    assert {(row["scenario"], row["target"]) for row in rows} == {
+        (s, t) for s in ("tinyrpc", "dubbo") for t in ("gevent-relay", "callback-relay")}
+    assert all(row["rps"] > 0 for row in rows)
