@@ -11,6 +11,7 @@ belongs in ``ctx.scratch``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from metaproxy.codec import _load
 from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError
 
 __all__ = ["Filter", "FilterEnv", "FilterChain", "RequestContext", "load_filter_class"]
+
+log = logging.getLogger("metaproxy.server")
 
 
 @dataclass
@@ -150,6 +153,10 @@ class FilterChain:
         except ProxyError as err:
             ctx.error = err
             return err
+        except Exception as exc:  # a filter bug must fail its request only
+            log.error("listener %s: request failed", ctx.listener, exc_info=exc)
+            error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, f"internal error: {type(exc).__name__}")
+            return error
         return None
 
     def run_response(self, ctx: RequestContext) -> None:

@@ -306,10 +306,7 @@ class DownstreamConnection:
         if ctx.metadata.get("message_type") in _STREAMS:
             error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, "streams are not supported by this proxy")
             return error
-        try:
-            return self.listener.chain.run_request(ctx)
-        except Exception as exc:  # a filter bug must fail its request only
-            return _internal_error(ctx, self.listener.name, exc)
+        return self.listener.chain.run_request(ctx)  # (a filter's bug is its request's error)
 
     def finish(self, ctx: RequestContext, error: ProxyError | None) -> bytearray:
         """Response filters, the reply's bytes, stats and observers (the second half of :meth:`serve`)."""

@@ -34,7 +34,7 @@ from gevent import get_hub
 
 from metaproxy.chain import RequestContext
 from metaproxy.codec import DONE, CodecError
-from metaproxy.downstream import _HEARTBEAT, BUDGET, DownstreamConnection
+from metaproxy.downstream import _HEARTBEAT, _STREAMS, BUDGET, DownstreamConnection
 from metaproxy.message import Metadata, ProxyError
 from metaproxy.netio import SCRATCH, SCRATCH_VIEW, send_now
 
@@ -94,6 +94,7 @@ class CallbackConnection(DownstreamConnection):
         buffer = self._buffer
         codec = self.codec
         stats = self.listener.stats
+        run_request = self.listener.chain.run_request
         while buffer and not self.closed:
             if self.jobs >= self._max_jobs or self.buffered > self._max_buffered or BUDGET.used > BUDGET.limit:
                 self._pause()
@@ -128,7 +129,7 @@ class CallbackConnection(DownstreamConnection):
             self.jobs += 1
             ctx = self.begin(md)
             ctx.resume = self._resume
-            error = self.run_chain(ctx)
+            error = run_request(ctx) if md.get("message_type") not in _STREAMS else self.run_chain(ctx)
             if not ctx.suspended:
                 self._resume(ctx, error)
 

@@ -164,6 +164,13 @@ class Hessian2Reader:
     # -- public -------------------------------------------------------------------
     def skip(self) -> int:
         """Skip one value (a class definition counts with the value after it); return the new offset."""
+        pos = self.pos
+        buf = self.buf
+        if pos < len(buf) and buf[pos] < 0x20:  # a short ASCII string (the usual argument or result):
+            end = pos + 1 + buf[pos]            # one byte per character, no walk, no call
+            if end <= len(buf) and buf[pos + 1:end].isascii():
+                self.pos = end
+                return end
         try:
             self.pos = self._skip(self.pos, 0)
         except (IndexError, struct.error):

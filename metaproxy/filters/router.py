@@ -286,7 +286,17 @@ class RouterFilter(Filter):
         tokens = [obs.upstream_start(ctx, cluster.name, endpoint.address) for obs in observers] if observers else ()
         endpoint.active_requests += 1
         attempt = (endpoint, tokens, time.monotonic())
-        call = _Resume(self, ctx, route, cluster, oneway, timeout, per_try, attempt)
+        call = _new_resume(_Resume)  # (its fields set here: no __init__ frame on this path)
+        call.router = self
+        call.ctx = ctx
+        call.route = route
+        call.cluster = cluster
+        call.oneway = oneway
+        call.timeout = timeout
+        call.per_try = per_try
+        call.attempt = attempt
+        call.done = False
+        call.timer = None
         try:
             conn.start(ctx.metadata, ctx.mutation, per_try, oneway, call)
         except BaseException as exc:
@@ -386,24 +396,12 @@ class _Resume:
     place of a waiting greenlet; ``switch(value)`` hands the answer back to
     the router instead of waking a greenlet. ``attempt`` is the try's
     (endpoint, observer tokens, start time): the request's deadline is its
-    start plus ``timeout``.
+    start plus ``timeout``. Made by :meth:`RouterFilter._send_soon`, which sets
+    every field.
     """
 
     __slots__ = ("router", "ctx", "route", "cluster", "oneway", "timeout", "per_try", "attempt",
                  "done", "timer", "conn", "upstream_id")
-
-    def __init__(self, router: RouterFilter, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool,
-                 timeout: float, per_try: float, attempt: tuple) -> None:
-        self.router = router
-        self.ctx = ctx
-        self.route = route
-        self.cluster = cluster
-        self.oneway = oneway
-        self.timeout = timeout
-        self.per_try = per_try
-        self.attempt = attempt
-        self.done = False
-        self.timer = None
 
     def switch(self, value: object) -> None:
         """The upstream answered (a response, a ProxyError, or the try's timer): go on, in the hub."""
@@ -440,3 +438,6 @@ class _Resume:
             ctx.resume(ctx, error)  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - in the hub: nothing must escape
             log.exception("resuming a request failed")
+
+
+_new_resume = object.__new__
