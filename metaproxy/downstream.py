@@ -162,11 +162,7 @@ class DownstreamConnection:
                     self.partial_since = 0.0
                     if md.get("message_type") is _HEARTBEAT:
                         self._serve_batch(batch)
-                        stats.request_heartbeat.inc()
-                        out = bytearray()
-                        codec.heartbeat_reply(md, out)
-                        if out:
-                            self.send(out)
+                        self.answer_heartbeat(md)
                         continue
                     if spawn:
                         self._slots.acquire()  # backpressure: stop reading at max requests in flight
@@ -184,6 +180,14 @@ class DownstreamConnection:
             log.debug("connection from %s: %s", self.peer, exc)
         finally:
             self.close()
+
+    def answer_heartbeat(self, md: Metadata) -> None:
+        """A client's keepalive: the codec's reply, if its protocol has one; never a request."""
+        self.listener.stats.request_heartbeat.inc()
+        out = bytearray()
+        self.codec.heartbeat_reply(md, out)
+        if out:
+            self.send(out)
 
     def _serve_batch(self, batch: list[Metadata]) -> None:
         """Serve an ordered protocol's requests of one read; replies leave in request order.

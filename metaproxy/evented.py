@@ -117,11 +117,7 @@ class CallbackConnection(DownstreamConnection):
             stats.request_decoding_success.value += 1  # (stats: plain increments on the hot path)
             self.partial_since = 0.0
             if md.get("message_type") is _HEARTBEAT:
-                stats.request_heartbeat.inc()
-                out = bytearray()
-                codec.heartbeat_reply(md, out)
-                if out:
-                    self.send(out)
+                self.answer_heartbeat(md)
                 continue
             size = len(md.frame)  # serve it: the request and its reply count against the watermarks
             self.buffered += size

@@ -18,18 +18,23 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(300)
-def test_every_scenario_runs_through_every_path(tmp_path):
+def _bench_rows(tmp_path, *args: str, timeout: float) -> list[dict]:
+    """Build the C tools, run bench/run.py for 0.3 s per row with ``args``, return its rows."""
     build = subprocess.run(["make", "--no-print-directory", "bench-tools"], cwd=ROOT, capture_output=True,
                            text=True, timeout=180)
     assert build.returncode == 0, build.stderr
     out = tmp_path / "rows.json"
     run = subprocess.run([sys.executable, "bench/run.py", "--build", "build/bench", "--seconds", "0.3",
-                          "--warmup", "0.1", "--idle", "0", "--connections", "1,8", "--json", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+                          "--warmup", "0.1", "--idle", "0", "--connections", "1,8", "--json", str(out), *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     data = json.loads(out.read_text())
-    rows = data["rows"] if isinstance(data, dict) else data
+    return data["rows"] if isinstance(data, dict) else data
+
+
+@pytest.mark.timeout(300)
+def test_every_scenario_runs_through_every_path(tmp_path):
+    rows = _bench_rows(tmp_path, timeout=240)
     seen = {(row["scenario"], row["target"]) for row in rows}
     for scenario in ("tinyrpc", "thrift", "dubbo", "redis-get", "redis-set"):
         for target in ("direct", "haproxy", "metaproxy", "haproxy-2t", "metaproxy-2w"):
@@ -37,20 +42,11 @@ def test_every_scenario_runs_through_every_path(tmp_path):
     assert all(row["rps"] > 0 for row in rows)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_the_relay_floors_carry_traffic(tmp_path):
     """bench/gevent_relay.py and bench/callback_relay.py, the floors docs/performance.md compares with."""
-    build = subprocess.run(["make", "--no-print-directory", "bench-tools"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=100)
-    assert build.returncode == 0, build.stderr
-    out = tmp_path / "rows.json"
-    run = subprocess.run([sys.executable, "bench/run.py", "--build", "build/bench", "--seconds", "0.3",
-                          "--warmup", "0.1", "--idle", "0", "--connections", "1,8", "--scenarios", "tinyrpc,dubbo",
-                          "--targets", "gevent-relay,callback-relay", "--json", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=100)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    data = json.loads(out.read_text())
-    rows = data["rows"] if isinstance(data, dict) else data
+    rows = _bench_rows(tmp_path, "--scenarios", "tinyrpc,dubbo", "--targets", "gevent-relay,callback-relay",
+                       timeout=100)
     assert {(row["scenario"], row["target"]) for row in rows} == {
         (s, t) for s in ("tinyrpc", "dubbo") for t in ("gevent-relay", "callback-relay")}
     assert all(row["rps"] > 0 for row in rows)
