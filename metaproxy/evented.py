@@ -1,12 +1,13 @@
 """Downstream connections served in the event loop's I/O callbacks, with no greenlet switch per request.
 
-Why: measured with ``make bench-icount``, an L4 relay whose reads are I/O
-watcher callbacks costs ~9,200 instructions per request; the same relay with
-a greenlet per direction waiting on the same watchers ~27,700, and one on
-gevent's socket methods ~76,000. Each switch between the hub and a greenlet
-is ~4,600 instructions; a proxied request took about ten of them (reader,
-request greenlet, write batching, the wait for the upstream, the upstream
-reader).
+Why: measured with ``bench/icount.py --relay``, an L4 relay whose reads are
+I/O watcher callbacks (bench/callback_relay.py) costs ~12,100 instructions per
+request; the same relay with a greenlet per direction on gevent's socket
+methods (bench/gevent_relay.py) ~75,800. Each switch between the hub and a
+greenlet is ~4,600 instructions; a proxied request took about ten of them
+(reader, request greenlet, write batching, the wait for the upstream, the
+upstream reader). Served here, a tinyrpc request costs ~108,000 instructions
+instead of ~141,000 (docs/performance.md).
 
 So when nothing on a request's way can wait (a multiplexing codec, a plain
 socket, filters that all say ``blocking = False``), a listener serves its

@@ -4,8 +4,10 @@ Two shapes, chosen by the codec's ``multiplexing`` flag:
 
 * :class:`MultiplexPool` — a few connections per endpoint, many requests in
   flight on each. The request id is rewritten to a per-connection id on the
-  way up and restored on the way down; one reader greenlet per connection
-  hands each response to the request waiting for that id.
+  way up and restored on the way down; an I/O watcher callback per
+  connection (a reader greenlet for TLS) hands each response to whatever
+  waits for that id: a greenlet, or a request being served in the hub's
+  callbacks (metaproxy/evented.py).
 * :class:`ExclusivePool` — protocols whose responses come strictly in order
   (no ids): one request at a time per connection, read inline, and the
   connection goes back to an idle list.
