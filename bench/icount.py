@@ -2,6 +2,8 @@
 
     python bench/icount.py [--scenario tinyrpc|thrift|dubbo] [--requests 2000] [--connections 20]
     python bench/icount.py --relay gevent_relay|callback_relay    # an L4 relay floor instead of metaproxy
+    python bench/icount.py --variant access_log|tracing_1|...      # tinyrpc with bench/observability_bench.py's
+                                                                  # access log / tracing variants
 
 Why: on a shared 2-core machine the CPU time a request costs moves by 2x
 from one run to the next (other processes take the caches and the cores);
@@ -57,10 +59,13 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def measure(scenario: str, requests: int, conns: int, build: Path, python: str, relay: str | None = None) -> float:
+def measure(scenario: str, requests: int, conns: int, build: Path, python: str, relay: str | None = None,
+            variant: str | None = None) -> float:
     """Instructions per request of a metaproxy (one listener, router, one upstream) for ``scenario``.
 
-    ``relay``: measure bench/RELAY.py (an L4 relay, no decoding) in its place.
+    ``relay``: measure bench/RELAY.py (an L4 relay, no decoding) in its place. ``variant``: the
+    config of bench/observability_bench.py's variant of that name (tinyrpc), for what an access
+    log or tracing adds.
     """
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -70,7 +75,13 @@ def measure(scenario: str, requests: int, conns: int, build: Path, python: str, 
     server = subprocess.Popen([str(build / "rpc_server"), "-P", scenario, "-p", str(upstream_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cfg = work / "metaproxy.yaml"
-    cfg.write_text(yaml.safe_dump(metaproxy_config(PROTOCOLS[scenario], upstream_port, port)))
+    if variant:
+        from observability_bench import variant_config
+
+        config = variant_config(variant, upstream_port, port, work)
+    else:
+        config = metaproxy_config(PROTOCOLS[scenario], upstream_port, port)
+    cfg.write_text(yaml.safe_dump(config))
     program = [python, str(HERE / f"{relay}.py"), str(port), str(upstream_port)] if relay else \
         [python, "-m", "metaproxy.cli", "run", "-c", str(cfg)]
     proxy = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/cg.out", *program],
@@ -107,10 +118,13 @@ def main() -> None:
     p.add_argument("--python", default=sys.executable, help="the interpreter the proxy runs on")
     p.add_argument("--relay", choices=("gevent_relay", "callback_relay"),
                    help="measure this L4 relay of bench/ instead of metaproxy (the floor of each serving shape)")
+    p.add_argument("--variant", help="an observability variant of bench/observability_bench.py (tinyrpc only)")
     args = p.parse_args()
-    per = measure(args.scenario, args.requests, args.connections, args.build, args.python, args.relay)
-    print(f"{args.relay or 'metaproxy'}, {args.scenario}: {per:,.0f} instructions per request "
-          "(user space, valgrind callgrind)")
+    if args.variant and args.scenario != "tinyrpc":
+        p.error("--variant measures tinyrpc")
+    per = measure(args.scenario, args.requests, args.connections, args.build, args.python, args.relay, args.variant)
+    print(f"{args.relay or 'metaproxy'}{' ' + args.variant if args.variant else ''}, {args.scenario}: "
+          f"{per:,.0f} instructions per request (user space, valgrind callgrind)")
 
 
 if __name__ == "__main__":
