@@ -158,8 +158,10 @@ class DubboCodec(Codec):
         self._response_attachments = self.options.get("response_attachments", "auto")
         #: Whether the client on this connection reads response attachments (None: not known yet).
         self._peer_reads_attachments: bool | None = None
-        #: The last request's five body header strings: their bytes, and what they read as.
-        self._request_head: tuple[bytes, list[str | None]] | None = None
+        #: The last request's five body header strings: their bytes, the metadata they give, the
+        #: number of arguments their descriptor names, and whether that client reads response
+        #: attachments (None when it sent no Dubbo version).
+        self._request_head: tuple[bytes, dict[str, str], int, bool | None] | None = None
         #: The last attachment map, when it was all plain strings: (its bytes from the map's tag to
         #: the end of the body, pairs_start - map start, map_items, map_ends, the metadata it set).
         self._attachments: tuple[bytes, int, list[str | None], list[int], list[tuple[str, str]]] | None = None
@@ -217,11 +219,12 @@ class DubboCodec(Codec):
         memo = self._request_head
         if memo is not None and frame.startswith(memo[0], HEADER_SIZE):
             # The same five strings as this connection's last request (clients call the same
-            # method over and over): the same bytes read the same, so they are not read again.
-            prefix, fields = memo
+            # method over and over): the same bytes read the same, so they are not read again,
+            # nor is what follows from them (the metadata they give, the argument count).
+            prefix, items, arguments, peer_reads = memo
             pos = HEADER_SIZE + len(prefix)
         else:
-            fields = []
+            fields: list[str | None] = []
             # Fast path: the five strings are nearly always short ASCII; any that is not (and
             # any error) is left to the reader, from the first such value on.
             pos = read_plain(frame, HEADER_SIZE, _REQUEST_FIELDS, fields, [])
@@ -230,24 +233,28 @@ class DubboCodec(Codec):
                 while len(fields) < _REQUEST_FIELDS:
                     fields.append(reader.read_string())
                 pos = reader.pos
+            dubbo_version, interface, version, method, desc = fields
+            items: dict[str, str] = {}
+            if dubbo_version is not None:
+                items["dubbo_version"] = dubbo_version
+            if interface is not None:
+                items["interface"] = interface
+                items["service"] = interface
+            if version is not None:
+                items["version"] = version
+            if method is not None:
+                items["method"] = method
+            items["parameter_types"] = desc or ""
+            arguments = count_parameters(desc or "")
+            peer_reads = None if dubbo_version is None else p.supports_response_attachments(dubbo_version)
             if pos - HEADER_SIZE <= _MEMO_LIMIT:
-                self._request_head = (frame[HEADER_SIZE:pos], fields)
-        dubbo_version, interface, version, method, desc = fields
-        desc = desc or ""
+                self._request_head = (frame[HEADER_SIZE:pos], items, arguments, peer_reads)
         metadata["message_type"] = _REQUEST if flag & FLAG_TWOWAY else _ONEWAY
-        if dubbo_version is not None:
-            metadata["dubbo_version"] = dubbo_version
-            self._peer_reads_attachments = p.supports_response_attachments(dubbo_version)
-        if interface is not None:
-            metadata["interface"] = interface
-            metadata["service"] = interface
-        if version is not None:
-            metadata["version"] = version
-        if method is not None:
-            metadata["method"] = method
-        metadata["parameter_types"] = desc
+        metadata.update(items)
+        if peer_reads is not None:
+            self._peer_reads_attachments = peer_reads
         reader = Hessian2Reader(frame, pos)
-        for _ in range(count_parameters(desc)):
+        for _ in range(arguments):
             reader.skip()
         state.attach_start = reader.pos
         if reader.pos < len(frame):
