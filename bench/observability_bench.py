@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -81,38 +80,9 @@ def measure(name: str, scenario: TinyRpcScenario, upstream_port: int, spec: Load
 
 def stats_cost_ns() -> float:
     """Nanoseconds of the stat operations server.py and the router do for one successful request."""
-    from metaproxy.stats import ClusterStats, ListenerStats, StatsStore
+    from observability_micro import stats_request_inline, time_stats
 
-    store = StatsStore()
-    ls, cs = ListenerStats(store, "bench"), ClusterStats(store, "c")
-    n = 200_000
-
-    def one() -> None:
-        ls.request.inc()
-        ls.request_decoding_success.inc()
-        ls.request_active.inc()
-        ls.request_active.dec()
-        ls.response_success.inc()
-        ls.request_time_ms.observe(0.7)
-        counter, hist = ls.method("sayHello")
-        counter.inc()
-        hist.observe(0.7)
-        cs.upstream_rq_active.inc()
-        cs.upstream_rq.inc()
-        cs.upstream_rq_success.inc()
-        cs.upstream_rq_time_ms.observe(0.5)
-        cs.upstream_rq_active.dec()
-
-    def empty() -> None:
-        pass
-
-    timings = []
-    for fn in (one, empty):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        timings.append(time.perf_counter() - start)
-    return max(0.0, timings[0] - timings[1]) / n * 1e9
+    return time_stats(200_000, 1, stats_request_inline)
 
 
 def report(rows: list[dict], stats_ns: float) -> str:

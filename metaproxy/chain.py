@@ -155,7 +155,7 @@ class FilterChain:
             return err
         except Exception as exc:  # a filter bug must fail its request only
             log.error("listener %s: request failed", ctx.listener, exc_info=exc)
-            error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, f"internal error: {type(exc).__name__}")
+            error = ctx.error = ProxyError.internal(exc)
             return error
         return None
 

@@ -108,9 +108,7 @@ class DownstreamConnection:
     def run(self) -> None:
         listener = self.listener
         stats = listener.stats
-        codec = self.codec
         sock = self.sock
-        max_bytes = listener.config.max_message_bytes
         buffer = bytearray()
         spawn = listener.multiplexing
         batch: list[Metadata] = []  # ordered protocols: the requests of one read, served as a pipeline
@@ -144,22 +142,12 @@ class DownstreamConnection:
                 while buffer:
                     md = Metadata()
                     try:
-                        status = codec.decode(buffer, md)
+                        if not self.decode_next(buffer, md):
+                            break
                     except CodecError as exc:
                         self._serve_batch(batch)
                         self._decode_failed(md, exc)
                         return
-                    if status is not DONE:
-                        if not self.partial_since:
-                            self.partial_since = self.last_activity
-                        if len(buffer) > max_bytes:
-                            self._serve_batch(batch)
-                            self._decode_failed(md, CodecError(
-                                f"incomplete message already {len(buffer)} bytes, over max_message_bytes"))
-                            return
-                        break
-                    stats.request_decoding_success.value += 1  # (stats: plain increments on the hot path)
-                    self.partial_since = 0.0
                     if md.get("message_type") is _HEARTBEAT:
                         self._serve_batch(batch)
                         self.answer_heartbeat(md)
@@ -180,6 +168,23 @@ class DownstreamConnection:
             log.debug("connection from %s: %s", self.peer, exc)
         finally:
             self.close()
+
+    def decode_next(self, buffer: bytearray, md: Metadata) -> bool:
+        """Decode the next request into ``md``: True when one was whole, False to wait for more bytes.
+
+        CodecError for bad bytes, and for an incomplete message already over
+        ``max_message_bytes``. Notes when a partial message started (the
+        sweeper's slow-request timeout).
+        """
+        if self.codec.decode(buffer, md) is DONE:
+            self.listener.stats.request_decoding_success.value += 1  # (stats: plain increments on the hot path)
+            self.partial_since = 0.0
+            return True
+        if not self.partial_since:
+            self.partial_since = self.last_activity
+        if len(buffer) > self.listener.config.max_message_bytes:
+            raise CodecError(f"incomplete message already {len(buffer)} bytes, over max_message_bytes")
+        return False
 
     def answer_heartbeat(self, md: Metadata) -> None:
         """A client's keepalive: the codec's reply, if its protocol has one; never a request."""
@@ -430,5 +435,5 @@ class DownstreamConnection:
 
 def _internal_error(ctx: RequestContext, listener: str, exc: Exception) -> ProxyError:
     log.error("listener %s: request failed", listener, exc_info=exc)
-    error = ctx.error = ProxyError(ErrorType.UNSPECIFIED, f"internal error: {type(exc).__name__}")
+    error = ctx.error = ProxyError.internal(exc)
     return error

@@ -34,8 +34,8 @@ from typing import Any
 from gevent import get_hub
 
 from metaproxy.chain import RequestContext
-from metaproxy.codec import DONE, CodecError
-from metaproxy.downstream import _HEARTBEAT, _STREAMS, BUDGET, DownstreamConnection
+from metaproxy.codec import CodecError
+from metaproxy.downstream import _HEARTBEAT, BUDGET, DownstreamConnection
 from metaproxy.message import Metadata, ProxyError
 from metaproxy.netio import SCRATCH, SCRATCH_VIEW, send_now
 
@@ -62,7 +62,6 @@ class CallbackConnection(DownstreamConnection):
         config = listener.config
         self._max_jobs = config.max_requests_per_connection
         self._max_buffered = config.max_buffered_bytes
-        self._max_bytes = config.max_message_bytes
 
     def start(self) -> None:
         self._reader.start(self._on_readable)
@@ -93,30 +92,18 @@ class CallbackConnection(DownstreamConnection):
     def _take_requests(self) -> None:
         """Decode and serve every whole request in the buffer, until it runs out or a bound pauses us."""
         buffer = self._buffer
-        codec = self.codec
-        stats = self.listener.stats
-        run_request = self.listener.chain.run_request
         while buffer and not self.closed:
             if self.jobs >= self._max_jobs or self.buffered > self._max_buffered or BUDGET.used > BUDGET.limit:
                 self._pause()
                 return
             md = Metadata()
             try:
-                status = codec.decode(buffer, md)
+                if not self.decode_next(buffer, md):
+                    return
             except CodecError as exc:
                 self._decode_failed(md, exc)
                 self.close()
                 return
-            if status is not DONE:
-                if not self.partial_since:
-                    self.partial_since = self.last_activity
-                if len(buffer) > self._max_bytes:
-                    self._decode_failed(md, CodecError(
-                        f"incomplete message already {len(buffer)} bytes, over max_message_bytes"))
-                    self.close()
-                return
-            stats.request_decoding_success.value += 1  # (stats: plain increments on the hot path)
-            self.partial_since = 0.0
             if md.get("message_type") is _HEARTBEAT:
                 self.answer_heartbeat(md)
                 continue
@@ -126,7 +113,7 @@ class CallbackConnection(DownstreamConnection):
             self.jobs += 1
             ctx = self.begin(md)
             ctx.resume = self._resume
-            error = run_request(ctx) if md.get("message_type") not in _STREAMS else self.run_chain(ctx)
+            error = self.run_chain(ctx)
             if not ctx.suspended:
                 self._resume(ctx, error)
 
@@ -136,28 +123,13 @@ class CallbackConnection(DownstreamConnection):
             if error is not None:
                 ctx.error = error
             out = self.finish(ctx, error)
-            if out and not self.closed:
-                if self._out is None:  # the usual case: the kernel takes the whole reply now
-                    try:
-                        sent = self._raw.send(out)  # type: ignore[union-attr]
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    if sent < len(out):
-                        self.send(memoryview(out)[sent:])
-                else:
-                    self.send(out)
-        except OSError as exc:
-            log.debug("write to %s failed: %s", self.peer, exc)
-            self.close()
+            if out:
+                self.send(out)
         except Exception:  # noqa: BLE001 - an observer's bug: this request is lost, the connection is not
             log.exception("listener %s: finishing a request failed", self.listener.name)
         finally:
             self.jobs -= 1
-            size = len(ctx.metadata.frame)
-            self.buffered -= size  # (_release_bytes)
-            BUDGET.used -= size
-            if self._paused:
-                self.loop.run_callback(self._unpause)
+            self._release_bytes(len(ctx.metadata.frame))
             if self.listener.draining:
                 self._close_if_done()
 

@@ -87,6 +87,12 @@ class ProxyError(Exception):
     def __repr__(self) -> str:
         return f"ProxyError({self.kind.value}, {self.message!r})"
 
+    @classmethod
+    def internal(cls, exc: BaseException) -> ProxyError:
+        """The error that answers a request a bug failed (a filter's, a codec's, an observer's): its
+        type only, the details go to the log."""
+        return cls(ErrorType.UNSPECIFIED, f"internal error: {type(exc).__name__}")
+
 
 class Metadata(dict):
     """Key -> value read from one message.

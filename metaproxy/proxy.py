@@ -15,7 +15,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from metaproxy import server
+from metaproxy import downstream
 from metaproxy.config import ListenerConfig, ProxyConfig
 from metaproxy.heap import settle_heap
 from metaproxy.observer import RequestObserver
@@ -31,7 +31,7 @@ class Proxy:
         self.config = config
         self.reuse_port = reuse_port
         self.stats = StatsStore()
-        server.BUDGET.limit = config.max_buffered_bytes_total
+        downstream.BUDGET.limit = config.max_buffered_bytes_total
         self.clusters = ClusterManager(config.clusters, self.stats)
         self.observers: list[RequestObserver] = build_observers(config, self.stats)
         self.listeners: dict[str, Listener] = {}

@@ -26,14 +26,12 @@ from gevent.server import StreamServer
 from metaproxy.chain import FilterChain, FilterEnv, load_filter_class
 from metaproxy.codec import Codec, Direction
 from metaproxy.config import ListenerConfig
-from metaproxy.downstream import BUDGET, BufferBudget, DownstreamConnection, peer_identity
+from metaproxy.downstream import DownstreamConnection
 from metaproxy.evented import CallbackConnection
 from metaproxy.observer import RequestObserver, overriding
 from metaproxy.router import RouteHolder
 from metaproxy.stats import ListenerStats, StatsStore
 from metaproxy.upstream.cluster import ClusterManager
-
-__all__ = ["BUDGET", "BufferBudget", "Listener", "build_chain", "peer_identity"]
 
 log = logging.getLogger("metaproxy.server")
 

@@ -91,8 +91,7 @@ class RouterFilter(Filter):
         if route.request_mutation:
             for key, value in route.request_mutation:
                 ctx.mutation[key] = value
-        clusters = route.clusters
-        cluster_name = clusters[0].name if len(clusters) == 1 else route.pick_cluster()
+        cluster_name = route.pick_cluster()
         ctx.cluster_name = cluster_name
         cluster = self.clusters.get(cluster_name) if self.clusters is not None else None
         if cluster is None:
@@ -270,33 +269,14 @@ class RouterFilter(Filter):
             ctx.suspended = True
             RUNNER.spawn(self._send_then_resume, ctx, route, cluster, oneway, endpoint)
             return
-        if cluster.active_requests >= cluster.limits.max_requests:
-            cluster.check_request_limit()  # raises
-        cluster.active_requests += 1  # (_enter)
-        stats = cluster.stats
-        stats.upstream_rq_active.value += 1
+        self._enter(cluster)
         timeout = route.timeout or self.default_timeout
         per_try = route.retry_policy.per_try_timeout or timeout
         if per_try > timeout:
             per_try = timeout
         ctx.attempts += 1
-        ctx.upstream_host = endpoint.address  # (_try_start)
-        stats.upstream_rq.value += 1
-        observers = self.upstream_observers
-        tokens = [obs.upstream_start(ctx, cluster.name, endpoint.address) for obs in observers] if observers else ()
-        endpoint.active_requests += 1
-        attempt = (endpoint, tokens, time.monotonic())
-        call = _new_resume(_Resume)  # (its fields set here: no __init__ frame on this path)
-        call.router = self
-        call.ctx = ctx
-        call.route = route
-        call.cluster = cluster
-        call.oneway = oneway
-        call.timeout = timeout
-        call.per_try = per_try
-        call.attempt = attempt
-        call.done = False
-        call.timer = None
+        attempt = self._try_start(ctx, cluster, endpoint)
+        call = _Resume(self, ctx, route, cluster, oneway, timeout, per_try, attempt)
         try:
             conn.start(ctx.metadata, ctx.mutation, per_try, oneway, call)
         except BaseException as exc:
@@ -385,7 +365,7 @@ class RouterFilter(Filter):
 
 def _internal_error(exc: BaseException) -> ProxyError:
     log.exception("request failed in the router")
-    return ProxyError(ErrorType.UNSPECIFIED, f"internal error: {type(exc).__name__}")
+    return ProxyError.internal(exc)
 
 
 class _Resume:
@@ -396,12 +376,24 @@ class _Resume:
     place of a waiting greenlet; ``switch(value)`` hands the answer back to
     the router instead of waking a greenlet. ``attempt`` is the try's
     (endpoint, observer tokens, start time): the request's deadline is its
-    start plus ``timeout``. Made by :meth:`RouterFilter._send_soon`, which sets
-    every field.
+    start plus ``timeout``.
     """
 
     __slots__ = ("router", "ctx", "route", "cluster", "oneway", "timeout", "per_try", "attempt",
                  "done", "timer", "conn", "upstream_id")
+
+    def __init__(self, router: RouterFilter, ctx: RequestContext, route: Route, cluster: Cluster, oneway: bool,
+                 timeout: float, per_try: float, attempt: tuple) -> None:
+        self.router = router
+        self.ctx = ctx
+        self.route = route
+        self.cluster = cluster
+        self.oneway = oneway
+        self.timeout = timeout
+        self.per_try = per_try
+        self.attempt = attempt
+        self.done = False
+        self.timer = None
 
     def switch(self, value: object) -> None:
         """The upstream answered (a response, a ProxyError, or the try's timer): go on, in the hub."""
@@ -428,16 +420,11 @@ class _Resume:
         if retry:
             RUNNER.spawn(router._retry_then_resume, self)
             return
-        cluster.active_requests -= 1  # (_leave: one try, so no retry to count back)
-        cluster.stats.upstream_rq_active.value -= 1
-        if response is not None and error is None:
-            ctx.response_metadata = response
-            for key, item in route.response_mutation:
-                ctx.response_mutation[key] = item
+        router._leave(ctx, cluster)
+        if error is None:
+            router._respond(ctx, route, response)
         try:
             ctx.resume(ctx, error)  # type: ignore[misc]
         except Exception:  # noqa: BLE001 - in the hub: nothing must escape
             log.exception("resuming a request failed")
 
-
-_new_resume = object.__new__

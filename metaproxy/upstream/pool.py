@@ -255,11 +255,6 @@ class MultiplexConnection:
         finally:
             self.limits.pending -= 1
 
-    @property
-    def ready(self) -> bool:
-        """Connected and open: a request can be queued on it without waiting."""
-        return self.sock is not None and not self.closed
-
     def start(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool, call: Any) -> None:
         """Queue one request; ``call`` (see :class:`_Call`) is resolved later, in the hub. Never blocks.
 
@@ -271,14 +266,10 @@ class MultiplexConnection:
         self.next_id = upstream_id = self.next_id + 1 if self.next_id < MAX_UPSTREAM_ID else 1
         downstream_id = metadata.get("request_id")
         metadata["request_id"] = upstream_id
-        codec = self.codec
         try:
-            codec.encode(metadata, mutation, self.out)
+            _encode(self.codec, metadata, mutation, self.out, self.stats)
         finally:
             metadata["request_id"] = downstream_id
-        if codec.mutations_dropped:  # the wire format could not carry the mutation
-            self.stats.mutation_dropped.inc(codec.mutations_dropped)
-            codec.mutations_dropped = 0
         if oneway:
             self.oneways.append(call)
         else:
@@ -289,8 +280,7 @@ class MultiplexConnection:
                 timer = call.timer = self.loop.timer(timeout)
                 timer.start(_deliver, call, TIMED_OUT)
         if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.loop.run_callback(self._flush)
+            self._schedule_flush()
 
     def request(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool) -> Metadata | None:
         """Send one request and wait for its response on this greenlet."""
@@ -306,6 +296,10 @@ class MultiplexConnection:
         return result  # type: ignore[return-value]
 
     # -- writing (a loop callback: every request queued in this iteration leaves in one write) ------
+    def _schedule_flush(self) -> None:
+        self.flush_scheduled = True
+        self.loop.run_callback(self._flush)
+
     def _flush(self) -> None:
         self.flush_scheduled = False
         oneways = self.oneways
@@ -391,8 +385,7 @@ class MultiplexConnection:
                     # servers ping idle connections (Dubbo): answer, never match to a request
                     codec.heartbeat_reply(md, self.out)
                     if self.out and not self.flush_scheduled:
-                        self.flush_scheduled = True
-                        self.loop.run_callback(self._flush)
+                        self._schedule_flush()
                     continue
                 call = pending.pop(md.get("request_id"), None)
                 if call is None:
@@ -401,12 +394,6 @@ class MultiplexConnection:
                         return ProxyError(ErrorType.BAD_RESPONSE,
                                           f"upstream answered request id {md.get('request_id')!r} never sent",
                                           PROTOCOL_ERROR)
-                elif deliver is _deliver:  # in the hub: _deliver written out (one call less per response)
-                    if not call.done:
-                        call.done = True
-                        if call.timer is not None:
-                            call.timer.close()
-                        call.switch(md)
                 else:
                     deliver(call, md)
         except CodecError as exc:
