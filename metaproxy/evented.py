@@ -145,9 +145,12 @@ class CallbackConnection(DownstreamConnection):
             self._recheck.start(self._unpause)
 
     def _release_bytes(self, size: int) -> None:
-        super()._release_bytes(size)
+        # The greenlet path's version also wakes a reader waiting on an Event; here the reader is a
+        # watcher, restarted by _unpause (not nested in the request that freed the bytes).
+        self.buffered -= size
+        BUDGET.used -= size
         if self._paused:
-            self.loop.run_callback(self._unpause)  # not nested in the request that freed the bytes
+            self.loop.run_callback(self._unpause)
 
     def _unpause(self) -> None:
         if self._recheck is not None:
