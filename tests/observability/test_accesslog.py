@@ -248,6 +248,22 @@ def test_start_time_is_the_wall_clock_time_of_the_monotonic_start():
     assert plan(ctx, ctx.start_time) == clock.iso(ctx.start_time) + "\n"
 
 
+def test_the_wall_clock_offset_ignores_jitter_and_follows_a_step(monkeypatch):
+    """Reading two clocks a moment apart jitters by microseconds: a request rendered twice must read
+    the same (the CI failure of 2026-11-25); a real clock step of a second must be followed."""
+    import time
+
+    clock = accesslog._WallClock()
+    before = clock.offset
+    real_time = time.time
+    monkeypatch.setattr(accesslog.time, "time", lambda: real_time() + 0.0009)  # under 1 ms: jitter
+    clock.sync()
+    assert clock.offset == before
+    monkeypatch.setattr(accesslog.time, "time", lambda: real_time() + 1.5)  # the wall clock was stepped
+    clock.sync()
+    assert abs(clock.offset - (before + 1.5)) < 0.01
+
+
 def test_text_literals_are_kept_exactly_braces_quotes_backslashes_and_percent():
     render = text_renderer('{x} "q" \'s\' \\n %% {{%METHOD%}} %PROTOCOL%\t|')
     assert render(request(), 0.0) == '{x} "q" \'s\' \\n %% {{sayHello}} tinyrpc\t|\n'
