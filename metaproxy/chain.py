@@ -47,7 +47,7 @@ class Filter:
     name: ClassVar[str] = ""
     #: Whether a hook may wait (sleep, network I/O, a lock). A listener whose filters all say
     #: False serves its requests in the event loop's I/O callbacks, with no greenlet switch:
-    #: ~23% fewer instructions per request (docs/python-filters.md). A hook of a filter that
+    #: ~20% fewer instructions per request (docs/python-filters.md). A hook of a filter that
     #: says False and waits anyway fails its request (gevent refuses to block the hub).
     #: Instances may override it (a fault filter blocks only when it has a delay).
     blocking: bool = True

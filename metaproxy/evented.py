@@ -6,7 +6,7 @@ request; the same relay with a greenlet per direction on gevent's socket
 methods (bench/gevent_relay.py) ~75,800. Each switch between the hub and a
 greenlet is ~4,600 instructions; a proxied request took about ten of them
 (reader, request greenlet, write batching, the wait for the upstream, the
-upstream reader). Served here, a tinyrpc request costs ~108,000 instructions
+upstream reader). Served here, a tinyrpc request costs ~115,000 instructions
 instead of ~141,000 (docs/performance.md).
 
 So when nothing on a request's way can wait (a multiplexing codec, a plain
