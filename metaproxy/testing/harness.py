@@ -56,11 +56,20 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "con
         time.sleep(0.02)
 
 
-def _assign_port(address: str) -> str:
+def _assign_port(address: str, taken: set[int]) -> str:
+    """``address`` with port 0 replaced by a free port not already in ``taken`` (which it joins).
+
+    Two calls of free_port() can return the same port (nothing holds it in between): a config
+    that got one port twice made a listener (SO_REUSEPORT) and the admin server collide.
+    """
     host, _, port = address.rpartition(":")
-    if port == "0":
-        return f"{host}:{free_port()}"
-    return address
+    if port != "0":
+        return address
+    number = free_port()
+    while number in taken:
+        number = free_port()
+    taken.add(number)
+    return f"{host}:{number}"
 
 
 class ProxyProcess:
@@ -72,11 +81,12 @@ class ProxyProcess:
         self.workdir = Path(workdir)
         self.extra_args = extra_args or []
         self.env = env
+        taken: set[int] = set()
         for listener in self.config.get("listeners", []):
-            listener["address"] = _assign_port(listener.get("address", "127.0.0.1:0"))
+            listener["address"] = _assign_port(listener.get("address", "127.0.0.1:0"), taken)
         admin = self.config.get("admin")
         if admin is not None:
-            admin["address"] = _assign_port(admin.get("address", "127.0.0.1:0"))
+            admin["address"] = _assign_port(admin.get("address", "127.0.0.1:0"), taken)
         self.config_path = self.workdir / "metaproxy.yaml"
         self.log_path = self.workdir / "metaproxy.log"
         self.proc: subprocess.Popen | None = None
