@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from statistics import median
 from typing import Any
 
 from scenarios import LoadResult
@@ -18,6 +19,7 @@ class Row:
     result: LoadResult
     cpu_us: tuple[float, float] | None  # (user, system) µs per request; None for the direct baseline
     foreign_cores: float = 0.0  # CPU used by processes outside the benchmark meanwhile, in cores
+    round: int = 1  # which round of ``bench/run.py --rounds`` (0: the median of the rounds)
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -57,10 +59,51 @@ def results_table(rows: list[Row]) -> str:
     ] for r in rows))
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None or b == 0:
+def _key(r: Row) -> tuple[str, int, int, str]:
+    return r.scenario, r.connections, r.depth, r.target
+
+
+def median_rows(rows: list[Row]) -> list[Row]:
+    """One row per (scenario, target, connections, depth): each figure the median of its rounds."""
+    groups: dict[tuple[str, int, int, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault(_key(r), []).append(r)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        results = [r.result for r in group]
+        result = replace(results[0], **{f: median(getattr(x, f) for x in results)
+                                        for f in ("rps", "p50_us", "p99_us", "seconds")},
+                         requests=sum(x.requests for x in results),
+                         total_requests=sum(x.total_requests for x in results), errors=sum(x.errors for x in results))
+        cpus = [r.cpu_us for r in group if r.cpu_us is not None]
+        cpu = (median(c[0] for c in cpus), median(c[1] for c in cpus)) if cpus else None
+        out.append(replace(group[0], result=result, cpu_us=cpu,
+                           foreign_cores=median(r.foreign_cores for r in group), round=0))
+    return out
+
+
+def _figure(row: Row | None, field: str) -> float | None:
+    if row is None:
+        return None
+    return row.cpu_us_per_request if field == "cpu_us_per_request" else getattr(row.result, field)
+
+
+def _paired(rounds: dict[int, Row], other: dict[int, Row], field: str) -> list[tuple[float | None, float | None]]:
+    """``field`` of each round's row beside the same round's row of ``other``."""
+    return [(_figure(row, field), _figure(other.get(n), field)) for n, row in sorted(rounds.items())]
+
+
+def _ratios(pairs: list[tuple[float | None, float | None]]) -> str:
+    """One round: ``0.57×``; several: the median of the per-round ratios, with their range."""
+    values = sorted(a / b for a, b in pairs if a is not None and b)
+    if not values:
         return "-"
-    return f"{a / b:.2f}×"
+    if len(values) == 1:
+        return f"{values[0]:.2f}×"
+    return f"{median(values):.2f}× ({values[0]:.2f}-{values[-1]:.2f})"
 
 
 #: Which metaproxy row is compared with which HAProxy row: one process with one thread, and two
@@ -69,24 +112,27 @@ PAIRS = (("metaproxy", "haproxy"), ("metaproxy-2w", "haproxy-2t"))
 
 
 def ratios_table(rows: list[Row], pairs: tuple[tuple[str, str], ...] = PAIRS) -> str:
-    """metaproxy against direct and against HAProxy (its pair), per scenario and connection count."""
-    by_key = {(r.scenario, r.connections, r.depth, r.target): r for r in rows}
+    """metaproxy against direct and against HAProxy (its pair), per scenario and connection count.
+
+    With several rounds each ratio is taken within a round (the two measurements seconds apart)
+    and the table shows the median of those ratios and their range.
+    """
+    by_key: dict[tuple[str, int, int, str], dict[int, Row]] = {}
+    for r in rows:
+        by_key.setdefault(_key(r), {})[r.round] = r
     out = []
     for subject, yardstick in pairs:
-        for (scenario, conns, depth, target), row in by_key.items():
+        for (scenario, conns, depth, target), rounds in by_key.items():
             if target != subject:
                 continue
-            direct = by_key.get((scenario, conns, depth, "direct"))
-            haproxy = by_key.get((scenario, conns, depth, yardstick))
-
-            def get(r: Row | None, field: str) -> float | None:
-                return None if r is None else getattr(r.result, field)
+            direct = by_key.get((scenario, conns, depth, "direct"), {})
+            haproxy = by_key.get((scenario, conns, depth, yardstick), {})
 
             out.append([
                 scenario, f"{subject} / {yardstick}", str(conns), str(depth),
-                _ratio(row.result.rps, get(direct, "rps")), _ratio(row.result.rps, get(haproxy, "rps")),
-                _ratio(row.result.p50_us, get(direct, "p50_us")), _ratio(row.result.p50_us, get(haproxy, "p50_us")),
-                _ratio(row.cpu_us_per_request, None if haproxy is None else haproxy.cpu_us_per_request),
+                _ratios(_paired(rounds, direct, "rps")), _ratios(_paired(rounds, haproxy, "rps")),
+                _ratios(_paired(rounds, direct, "p50_us")), _ratios(_paired(rounds, haproxy, "p50_us")),
+                _ratios(_paired(rounds, haproxy, "cpu_us_per_request")),
             ])
     header = ["scenario", "paths", "conns", "depth", "req/s vs direct", "req/s vs HAProxy", "p50 vs direct",
               "p50 vs HAProxy", "CPU/req vs HAProxy"]

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from catalog import SCENARIOS
 from procs import Service, cpu_times, machine_busy_seconds, rss_kib
 from profiling import cprofile_launcher, pyspy_path, start_pyspy, summarize_cprofile, summarize_pyspy
-from report import IdleMemory, Row, memory_table, ratios_table, results_table
+from report import IdleMemory, Row, median_rows, memory_table, ratios_table, results_table
 from scenarios import LoadSpec, Scenario
 from targets import TARGETS, MetaProxy, Target
 
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--connections", default="1,50", help="comma-separated connection counts")
     p.add_argument("--depth", type=int, default=1, help="requests in flight per connection (pipelining)")
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per measurement")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every target this many times, taking turns; tables show the median round")
     p.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds before each measurement")
     p.add_argument("--idle", type=int, default=1000,
                    help="idle connections opened to each proxy to measure memory per connection (0: skip)")
@@ -119,40 +121,61 @@ def _our_cpu(proxy: Service | None, upstream: Service) -> float:
     return total
 
 
-def measure(scenario: Scenario, target: Target, upstream: Service, specs: list[LoadSpec],
-            workdir: Path, idle: int = 0) -> tuple[list[Row], IdleMemory | None]:
-    """Start the target's proxy once, run every load spec through it, then the idle test; stop it."""
-    proxy = target.start(scenario, upstream, workdir)
-    rows = []
-    memory = None
+def measure_once(scenario: Scenario, target: Target, upstream: Service, proxy: Service | None, spec: LoadSpec,
+                 round_no: int = 1) -> Row:
+    """One load run through an already started target: its row (throughput, latency, the proxy's CPU)."""
+    port = upstream.port if proxy is None else proxy.port
+    before = None if proxy is None else cpu_times(proxy.pid)
+    ours_before = _our_cpu(proxy, upstream)
+    busy_before, started = machine_busy_seconds(), time.monotonic()
+    result = scenario.run_load(port, spec)
+    foreign = ((machine_busy_seconds() - busy_before) - (_our_cpu(proxy, upstream) - ours_before)) \
+        / (time.monotonic() - started)
+    cpu = None
+    if proxy is not None and before is not None:
+        proxy.check_alive()
+        after = cpu_times(proxy.pid)
+        per_request = 1e6 / max(1, result.total_requests)
+        cpu = ((after[0] - before[0]) * per_request, (after[1] - before[1]) * per_request)
+    upstream.check_alive()
+    row = Row(scenario.name, target.name, spec.connections, spec.depth, result, cpu, max(0.0, foreign), round_no)
+    cpu_us = row.cpu_us_per_request
+    print(f"  {scenario.name:10} {target.name:12} conns={spec.connections:<4} round {round_no} "
+          f"{result.rps:>10,.0f} req/s  p50 {result.p50_us:8.1f} µs  p99 {result.p99_us:8.1f} µs"
+          + ("" if cpu_us is None else f"  cpu {cpu_us:6.1f} µs/req")
+          + f"  other load {row.foreign_cores:.2f} cores", file=sys.stderr, flush=True)
+    return row
+
+
+def measure_scenario(scenario: Scenario, targets: list[Target], upstream: Service, specs: list[LoadSpec],
+                     workdir: Path, rounds: int = 1, idle: int = 0) -> tuple[list[Row], list[IdleMemory]]:
+    """Every target through every load spec, ``rounds`` times, the targets taking turns within a round.
+
+    Why rounds: on a shared machine the speed of the CPU drifts between runs
+    seconds apart (the same proxy measured 27-42 µs of user CPU per request in
+    back-to-back runs), so one measurement of HAProxy followed by one of
+    metaproxy compares two machines. Interleaved rounds put each pair seconds
+    apart, and the median over rounds ignores a disturbed one. Every target's
+    process is started once, before the first round, and serves all of them.
+    """
+    started: list[tuple[Target, Service | None]] = []
+    rows: list[Row] = []
+    memory: list[IdleMemory] = []
     try:
-        for spec in (scenario.effective_spec(s) for s in specs):
-            port = upstream.port if proxy is None else proxy.port
-            before = None if proxy is None else cpu_times(proxy.pid)
-            ours_before = _our_cpu(proxy, upstream)
-            busy_before, started = machine_busy_seconds(), time.monotonic()
-            result = scenario.run_load(port, spec)
-            foreign = ((machine_busy_seconds() - busy_before) - (_our_cpu(proxy, upstream) - ours_before)) \
-                / (time.monotonic() - started)
-            cpu = None
-            if proxy is not None and before is not None:
-                proxy.check_alive()
-                after = cpu_times(proxy.pid)
-                per_request = 1e6 / max(1, result.total_requests)
-                cpu = ((after[0] - before[0]) * per_request, (after[1] - before[1]) * per_request)
-            upstream.check_alive()
-            row = Row(scenario.name, target.name, spec.connections, spec.depth, result, cpu, max(0.0, foreign))
-            cpu_us = row.cpu_us_per_request
-            rows.append(row)
-            print(f"  {scenario.name:10} {target.name:10} conns={spec.connections:<4} "
-                  f"{result.rps:>10,.0f} req/s  p50 {result.p50_us:8.1f} µs  p99 {result.p99_us:8.1f} µs"
-                  + ("" if cpu_us is None else f"  cpu {cpu_us:6.1f} µs/req")
-                  + f"  other load {row.foreign_cores:.2f} cores", file=sys.stderr, flush=True)
-        if proxy is not None and idle > 0:
-            memory = idle_memory(scenario, target, proxy, idle)
+        for target in targets:
+            started.append((target, target.start(scenario, upstream, workdir)))
+        for round_no in range(1, rounds + 1):
+            for target, proxy in started:
+                for spec in (scenario.effective_spec(s) for s in specs):
+                    rows.append(measure_once(scenario, target, upstream, proxy, spec, round_no))
+        if idle > 0:
+            for target, proxy in started:
+                if proxy is not None:
+                    memory.append(idle_memory(scenario, target, proxy, idle))
     finally:
-        if proxy is not None:
-            proxy.stop()
+        for _, proxy in started:
+            if proxy is not None:
+                proxy.stop()
     return rows, memory
 
 
@@ -167,11 +190,10 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Row], list[IdleMemory]
         scenario.check()
         upstream = scenario.start_server()
         try:
-            for target_name in _csv(args.targets):
-                more, mem = measure(scenario, TARGETS[target_name](), upstream, specs, workdir, args.idle)
-                rows += more
-                if mem is not None:
-                    memory.append(mem)
+            targets = [TARGETS[t]() for t in _csv(args.targets)]
+            more, mem = measure_scenario(scenario, targets, upstream, specs, workdir, args.rounds, args.idle)
+            rows += more
+            memory += mem
         finally:
             upstream.stop()
     return rows, memory
@@ -233,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join([Path(sys.executable).name, "bench/run.py", *(argv or sys.argv[1:])])
     print(f"\ncommand: {command}")
     print(f"each measurement: {args.warmup}s warm-up + {args.seconds}s measured, "
-          f"{args.depth} request(s) in flight per connection; whole run {time.monotonic() - started:.0f}s\n")
-    print(results_table(rows))
+          f"{args.depth} request(s) in flight per connection, {args.rounds} round(s) taking turns; "
+          f"whole run {time.monotonic() - started:.0f}s\n")
+    print(results_table(median_rows(rows)))
     print()
     print(ratios_table(rows))
     if memory:
