@@ -60,12 +60,12 @@ def _total(dump: Path) -> int:
 
 
 def measure(scenario: str, requests: int, conns: int, build: Path, python: str, relay: str | None = None,
-            variant: str | None = None) -> float:
+            variant: str | None = None, keep: Path | None = None) -> float:
     """Instructions per request of a metaproxy (one listener, router, one upstream) for ``scenario``.
 
     ``relay``: measure bench/RELAY.py (an L4 relay, no decoding) in its place. ``variant``: the
     config of bench/observability_bench.py's variant of that name (tinyrpc), for what an access
-    log or tracing adds.
+    log or tracing adds. ``keep``: copy callgrind's dump there (for ``callgrind_annotate``).
     """
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -100,7 +100,10 @@ def measure(scenario: str, requests: int, conns: int, build: Path, python: str, 
             time.sleep(0.2)  # waiting for valgrind's file: no readiness signal to poll but the file
         if not dumps:
             raise RuntimeError("callgrind wrote no dump")
-        return _total(max(dumps, key=lambda p: p.stat().st_mtime)) / requests
+        dump = max(dumps, key=lambda p: p.stat().st_mtime)
+        if keep is not None:
+            shutil.copy(dump, keep)
+        return _total(dump) / requests
     finally:
         proxy.kill()
         server.kill()
@@ -118,11 +121,13 @@ def main() -> None:
     p.add_argument("--python", default=sys.executable, help="the interpreter the proxy runs on")
     p.add_argument("--relay", choices=("gevent_relay", "callback_relay"),
                    help="measure this L4 relay of bench/ instead of metaproxy (the floor of each serving shape)")
+    p.add_argument("--keep", type=Path, help="copy callgrind's dump to this file (callgrind_annotate FILE)")
     p.add_argument("--variant", help="an observability variant of bench/observability_bench.py (tinyrpc only)")
     args = p.parse_args()
     if args.variant and args.scenario != "tinyrpc":
         p.error("--variant measures tinyrpc")
-    per = measure(args.scenario, args.requests, args.connections, args.build, args.python, args.relay, args.variant)
+    per = measure(args.scenario, args.requests, args.connections, args.build, args.python, args.relay, args.variant,
+                  args.keep)
     print(f"{args.relay or 'metaproxy'}{' ' + args.variant if args.variant else ''}, {args.scenario}: "
           f"{per:,.0f} instructions per request (user space, valgrind callgrind)")
 

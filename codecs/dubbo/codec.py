@@ -47,6 +47,7 @@ from metaproxy_codecs.dubbo.hessian2 import (
     Hessian2Reader,
     HessianError,
     read_plain,
+    skip_plain,
     write_int,
     write_string,
 )
@@ -89,24 +90,23 @@ _MEMO_LIMIT = 4096
 
 
 class _State:
-    """Where the attachment map lies in the frame, so encode can rebuild just that part."""
+    """Where the attachment map lies in the frame, so encode can rebuild just that part.
 
-    __slots__ = ("attach_end", "attach_start", "flag", "map_ends", "map_items", "pairs_start", "result_flag")
+    Every field starts as its class-level default (two are made per proxied
+    request: a Python-level ``__init__`` cost as much as the rest of a short
+    response's decode); decode sets what differs.
+    """
 
-    def __init__(self, flag: int) -> None:
-        self.flag = flag  # header flag byte
-        self.result_flag = -1  # OK responses: the body's first value
-        self.attach_start = -1  # frame offset of the map (or of where one would go), -1: cannot carry
-        self.pairs_start = -1  # frame offset after 'H' / 'M'+type; -1 when the map is null or absent
-        self.attach_end = -1
-        #: The map's keys and values in turn (as routes see them: None for a null or a complex
-        #: value), and where each one ends, counted from ``pairs_start``: relative, so that
-        #: messages carrying the same map share the lists (see _read_attachments). Never modified.
-        self.map_items: list[str | None] = _EMPTY
-        self.map_ends: list[int] = _EMPTY  # type: ignore[assignment]
-
-
-_EMPTY: list = []
+    flag = 0  # header flag byte
+    result_flag = -1  # OK responses: the body's first value
+    attach_start = -1  # frame offset of the map (or of where one would go), -1: cannot carry
+    pairs_start = -1  # frame offset after 'H' / 'M'+type; -1 when the map is null or absent
+    attach_end = -1
+    #: The map's keys and values in turn (as routes see them: None for a null or a complex
+    #: value), and where each one ends, counted from ``pairs_start``: relative, so that
+    #: messages carrying the same map share the lists (see _read_attachments). Never modified.
+    map_items: list[str | None] = []
+    map_ends: list[int] = []
 
 
 def count_parameters(desc: str) -> int:
@@ -192,7 +192,8 @@ class DubboCodec(Codec):
             return WAIT_FOR_DATA
         frame = take(buffer, size)
         metadata["request_id"] = request_id
-        state = _State(flag)
+        state = _State()
+        state.flag = flag
         if flag & FLAG_EVENT:
             metadata["message_type"] = _HEARTBEAT
             if not flag & FLAG_REQUEST:
@@ -253,51 +254,63 @@ class DubboCodec(Codec):
         metadata.update(items)
         if peer_reads is not None:
             self._peer_reads_attachments = peer_reads
-        reader = Hessian2Reader(frame, pos)
-        for _ in range(arguments):
-            reader.skip()
-        state.attach_start = reader.pos
-        if reader.pos < len(frame):
-            self._read_attachments(reader, metadata, state)
+        pos, skipped = skip_plain(frame, pos, arguments)
+        reader = None
+        if skipped < arguments:
+            reader = Hessian2Reader(frame, pos)
+            for _ in range(arguments - skipped):
+                reader.skip()
+            pos = reader.pos
+        state.attach_start = pos
+        if pos < len(frame):
+            self._read_attachments(frame, pos, metadata, state, reader)
 
     def _decode_response(self, frame: bytes, status: int, metadata: Metadata, state: _State) -> None:
         metadata["status"] = status
-        reader = Hessian2Reader(frame, HEADER_SIZE)
         if status != p.OK:
             metadata["message_type"] = _ERROR_MESSAGE
             metadata["response_status"] = _ERROR
-            if reader.pos < len(frame):
-                message = reader.read_scalar()
+            if len(frame) > HEADER_SIZE:
+                message = Hessian2Reader(frame, HEADER_SIZE).read_scalar()
                 if isinstance(message, str):
                     metadata["error_message"] = message
             return
-        if len(frame) > HEADER_SIZE and 0x90 <= frame[HEADER_SIZE] <= 0x95:
-            result_flag = frame[HEADER_SIZE] - 0x90  # flags 0-5 as Java writes them: one-octet ints
-            reader.pos += 1
+        pos = HEADER_SIZE
+        if len(frame) > pos and 0x90 <= frame[pos] <= 0x95:
+            result_flag = frame[pos] - 0x90  # flags 0-5 as Java writes them: one-octet ints
+            pos += 1
         else:
+            reader = Hessian2Reader(frame, pos)
             result_flag = reader.read_int()
+            pos = reader.pos
         if not 0 <= result_flag <= 5:
             raise CodecError(f"unknown response flag {result_flag}", HEADER_SIZE)
         state.result_flag = result_flag
         metadata["message_type"] = _RESPONSE
         failed = result_flag == p.RESPONSE_WITH_EXCEPTION or result_flag == p.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS
         metadata["response_status"] = _ERROR if failed else _SUCCESS
+        reader = None
         if result_flag != p.RESPONSE_NULL_VALUE and result_flag != p.RESPONSE_NULL_VALUE_WITH_ATTACHMENTS:
-            reader.skip()
-        state.attach_start = reader.pos
+            pos, skipped = skip_plain(frame, pos, 1)
+            if not skipped:
+                reader = Hessian2Reader(frame, pos)
+                pos = reader.skip()
+        state.attach_start = pos
         if result_flag >= WITH_ATTACHMENTS:
-            self._read_attachments(reader, metadata, state)
-        elif reader.pos != len(frame):
-            raise CodecError(f"{len(frame) - reader.pos} bytes after the response value", reader.pos)
+            self._read_attachments(frame, pos, metadata, state, reader)
+        elif pos != len(frame):
+            raise CodecError(f"{len(frame) - pos} bytes after the response value", pos)
 
-    def _read_attachments(self, reader: Hessian2Reader, metadata: Metadata, state: _State) -> None:
-        """Read the attachment map into metadata, remembering where each key and value ends."""
-        buf = reader.buf
-        start = reader.pos
-        tag = reader.peek()
-        if tag == 0x4E:  # null: no attachments
-            reader.pos += 1
-        elif tag == 0x48 or tag == 0x4D:
+    def _read_attachments(self, buf: bytes, start: int, metadata: Metadata, state: _State,
+                          reader: Hessian2Reader | None = None) -> None:
+        """Read the attachment map at ``start`` into metadata, remembering where each key and value ends.
+
+        ``reader``: the one that read the values before the map, if any did (class definitions
+        persist through a body). Without one, only plain values came before, which define no
+        classes, and a reader is made only if the map is not the memo's.
+        """
+        tag = buf[start] if start < len(buf) else -1
+        if tag == 0x48 or tag == 0x4D:
             memo = self._attachments
             if memo is not None and len(buf) - start == len(memo[0]) and buf.endswith(memo[0]):
                 # The same map as this connection's last one (clients send the same attachments
@@ -308,6 +321,11 @@ class DubboCodec(Codec):
                 state.attach_end = len(buf)
                 metadata.update(items)
                 return
+        if reader is None:
+            reader = Hessian2Reader(buf, start)
+        if tag == 0x4E:  # null: no attachments
+            reader.pos += 1
+        elif tag == 0x48 or tag == 0x4D:
             reader.pos += 1
             if tag == 0x4D:
                 reader.read_scalar()  # the map's type name (or type reference)

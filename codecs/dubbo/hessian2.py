@@ -150,6 +150,32 @@ def read_plain(buf: bytes, pos: int, count: int, values: list[str | None], ends:
     return pos
 
 
+def skip_plain(buf: bytes, pos: int, count: int) -> tuple[int, int]:
+    """Fast path: skip up to ``count`` values that are short ASCII strings, nulls, booleans or one-octet ints.
+
+    Those are the usual arguments and results of a call; skipping them here
+    saves making a reader. Returns the offset after the skipped values and how
+    many were skipped; the caller skips the rest with :class:`Hessian2Reader`
+    from there (plain values define no classes, so that reader is in the same
+    state as one that read them). Nothing past the end of ``buf`` is skipped.
+    """
+    size = len(buf)
+    for done in range(count):
+        if pos >= size:
+            return pos, done
+        tag = buf[pos]
+        if tag < 0x20:  # a string of 0-31 UTF-16 units: as many bytes when all are ASCII
+            end = pos + 1 + tag
+            if end > size or not buf[pos + 1:end].isascii():
+                return pos, done
+            pos = end
+        elif 0x80 <= tag <= 0xBF or tag == 0x4E or tag == 0x54 or tag == 0x46:  # int -16..47, null, true, false
+            pos += 1
+        else:
+            return pos, done
+    return pos, count
+
+
 class Hessian2Reader:
     """Walks one Hessian2 stream (a Dubbo body). Class definitions persist across values, as in Java."""
 

@@ -11,8 +11,11 @@ Three shortcuts are checked here against the general path:
   never answer for different bytes, nor for a map whose reading depends on
   classes defined earlier in the body.
 * An OK response's result flag is read from its one-octet form directly.
+* ``hessian2.skip_plain`` skips arguments and results that are short ASCII
+  strings, nulls, booleans and one-octet ints without a reader; it must stop
+  where the reader is needed and end exactly where the reader would.
 
-The reference is the same codec with ``read_plain`` made to read nothing and a
+The reference is the same codec with ``read_plain`` and ``skip_plain`` made to read nothing and a
 fresh codec per message (no memo): every Metadata key, the codec state, the
 bytes encode writes with a new id and with a Mutation, and every error must be
 the same.
@@ -33,7 +36,14 @@ from metaproxy.message import Metadata
 from metaproxy_codecs.dubbo import DubboCodec
 from metaproxy_codecs.dubbo import codec as dubbo_codec
 from metaproxy_codecs.dubbo import protocol as p
-from metaproxy_codecs.dubbo.hessian2 import Hessian2Reader, HessianError, read_plain, write_int, write_string
+from metaproxy_codecs.dubbo.hessian2 import (
+    Hessian2Reader,
+    HessianError,
+    read_plain,
+    skip_plain,
+    write_int,
+    write_string,
+)
 from tests.fuzz import messages as m
 from tests.fuzz.props import FAST, mutate
 
@@ -73,11 +83,16 @@ def _read_nothing(buf: bytes, pos: int, count: int, values: Any, ends: Any = Non
     return pos
 
 
+def _skip_nothing(buf: bytes, pos: int, count: int) -> tuple[int, int]:
+    return pos, 0
+
+
 def observe(frames: list[bytes], direction: Direction, fast: bool, monkeypatch: pytest.MonkeyPatch) -> list:
     """What decoding ``frames`` in a row shows: one codec with every fast path, or the general path alone."""
     with monkeypatch.context() as patch:
         if not fast:
             patch.setattr(dubbo_codec, "read_plain", _read_nothing)
+            patch.setattr(dubbo_codec, "skip_plain", _skip_nothing)
         shared = DubboCodec(direction=direction)
         seen = []
         for frame in frames:
@@ -115,6 +130,36 @@ def same_both_ways(frames: list[bytes], monkeypatch: pytest.MonkeyPatch,
     fast = observe(frames, direction, True, monkeypatch)
     assert fast == observe(frames, direction, False, monkeypatch)
     return fast
+
+
+# -- skip_plain -----------------------------------------------------------------------------------
+PLAIN_VALUES = [s(""), s("a" * 31), b"N", b"T", b"F", b"\x80", b"\x90", b"\xbf", s("abc")]
+OTHER_VALUES = [s("a" * 32), s("\u00e9t\u00e9"), b"\xc8\x00", b"\x7f", chunked("ab", "cd"), b"H\x01aZ",
+                b"\x5b", b"\xd4\x00\x00"]
+
+
+@pytest.mark.parametrize("value", PLAIN_VALUES)
+def test_skip_plain_ends_where_the_reader_ends(value: bytes) -> None:
+    data = b"pad" + value + value + s("next")
+    reader = Hessian2Reader(data, 3)
+    reader.skip()
+    reader.skip()
+    assert skip_plain(data, 3, 2) == (reader.pos, 2)
+    assert skip_plain(data, 3, 1) == (3 + len(value), 1)
+
+
+@pytest.mark.parametrize("value", OTHER_VALUES)
+def test_skip_plain_leaves_every_other_value_to_the_reader(value: bytes) -> None:
+    data = s("x") + value + s("y")
+    assert skip_plain(data, 0, 3) == (len(s("x")), 1)
+
+
+@pytest.mark.parametrize("text", ["abc", "a" * 31])
+def test_skip_plain_never_skips_past_a_cut(text: str) -> None:
+    data = s(text)
+    for cut in range(len(data)):
+        assert skip_plain(data[:cut], 0, 1) == (0, 0)
+    assert skip_plain(data, 0, 5) == (len(data), 1)
 
 
 # -- read_plain -----------------------------------------------------------------------------------
@@ -305,6 +350,33 @@ def test_the_fast_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
         assert (md["method"], md["x-user"]) == ("sayHello", "alice")
     # First request: the header strings, then the attachments; second: the memos answer for both.
     assert calls[0] == 5 and len(calls) == 2
+
+
+def test_plain_arguments_and_results_are_skipped_without_a_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = []
+
+    class CountingReader(Hessian2Reader):
+        __slots__ = ()
+
+        def __init__(self, buf: bytes, pos: int = 0) -> None:
+            made.append(pos)
+            super().__init__(buf, pos)
+
+    monkeypatch.setattr(dubbo_codec, "Hessian2Reader", CountingReader)
+    head = (s("2.0.2"), s("org.example.Greeter"), s("1.0.0"), s("sayHello"), s("Ljava/lang/String;IZ"))
+    frame = request(head=head, args=(s("world"), b"\x91", b"T"))
+    codec = DubboCodec()
+    for _ in range(2):
+        md = Metadata()
+        assert codec.decode(bytearray(frame), md) is DecodeStatus.DONE
+        assert md["x-user"] == "alice"
+    # One reader in all: the first request's attachment map (the second one's is the memo's).
+    assert made == [md.codec_state.attach_start]
+    md = Metadata()
+    answer = response(s("hello"), b"\x91")
+    assert DubboCodec(direction=Direction.RESPONSE).decode(bytearray(answer), md) is DecodeStatus.DONE
+    assert md["response_status"] == "success" and md.codec_state.attach_start == len(answer)
+    assert len(made) == 1
 
 
 @FAST
