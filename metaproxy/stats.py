@@ -9,7 +9,7 @@ one thread), no string formatting, no dict lookups by name. Exposition
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_right
 from collections.abc import Iterator
 
 #: Latency bucket bounds in milliseconds (Envoy's default histogram buckets).
@@ -54,22 +54,33 @@ def _search_keys(bounds: tuple[float, ...]) -> tuple[float, ...]:
     return keys
 
 
-class Histogram:
-    """Cumulative-free bucket counts plus sum and count; quantiles estimated on read.
+#: Values a histogram holds unfolded at most (then ``observe`` folds them into the buckets).
+FOLD_AT = 2048
 
-    ``observe`` searches a float copy of the bounds (``_keys``): comparing a
-    float latency with int bounds such as ``1`` or ``100`` costs about twice a
-    float-float comparison, and three histograms are observed per request.
-    ``bounds`` keeps the values as given, so the exposition prints ``10``, not ``10.0``.
+
+class Histogram:
+    """Bucket counts (not cumulative) plus sum and count; quantiles estimated on read.
+
+    Observing a value appends it to ``pending``: one C-level call on the hot
+    path, where searching the bucket and updating three fields cost a Python
+    call and a dozen bytecodes per histogram, and a request observes three.
+    :meth:`fold` sorts the pending values and counts each bucket with one
+    binary search per bound; every read of ``counts``, ``sum`` or ``count``
+    folds first, so readers never see stale figures. A hot path that appends
+    to ``pending`` itself must fold at ``FOLD_AT`` values (see
+    :meth:`ListenerStats.request_done`), which bounds the memory.
+    ``bounds`` keeps the values as given, so the exposition prints ``10``,
+    not ``10.0``; the search uses a float copy (``_keys``).
     """
 
-    __slots__ = ("_bounds", "_keys", "counts", "sum", "count")
+    __slots__ = ("_bounds", "_keys", "_counts", "_sum", "_count", "pending")
 
     def __init__(self, bounds: tuple[float, ...] = DEFAULT_BUCKETS_MS) -> None:
+        self.pending: list[float] = []
         self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum = 0.0
+        self._count = 0
 
     @property
     def bounds(self) -> tuple[float, ...]:
@@ -77,21 +88,79 @@ class Histogram:
 
     @bounds.setter
     def bounds(self, bounds: tuple[float, ...]) -> None:
+        if self.pending:
+            self.fold()  # values observed under the old bounds count in the old buckets
         self._bounds = bounds
         self._keys = _search_keys(bounds)
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self._keys, value)] += 1
-        self.sum += value
-        self.count += 1
+        pending = self.pending
+        pending.append(value)
+        if len(pending) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Count the pending values into the buckets."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = []
+        pending.sort()
+        counts = self._counts
+        total = len(pending)
+        below = 0  # pending values at or under the previous bound
+        for index, key in enumerate(self._keys):
+            upto = bisect_right(pending, key)
+            counts[index] += upto - below
+            below = upto
+            if below == total:
+                break
+        else:
+            counts[-1] += total - below
+        self._sum += sum(pending)
+        self._count += total
+
+    @property
+    def counts(self) -> list[int]:
+        if self.pending:
+            self.fold()
+        return self._counts
+
+    @counts.setter
+    def counts(self, counts: list[int]) -> None:
+        self.fold()
+        self._counts = counts
+
+    @property
+    def sum(self) -> float:
+        if self.pending:
+            self.fold()
+        return self._sum
+
+    @sum.setter
+    def sum(self, value: float) -> None:
+        self.fold()
+        self._sum = value
+
+    @property
+    def count(self) -> int:
+        if self.pending:
+            self.fold()
+        return self._count
+
+    @count.setter
+    def count(self, value: int) -> None:
+        self.fold()
+        self._count = value
 
     def quantile(self, q: float) -> float:
         """The upper bound of the bucket holding quantile ``q`` (0 when empty)."""
-        if not self.count:
+        count = self.count
+        if not count:
             return 0.0
-        target = q * self.count
+        target = q * count
         seen = 0
-        for index, n in enumerate(self.counts):
+        for index, n in enumerate(self._counts):
             seen += n
             if seen >= target:
                 return self.bounds[index] if index < len(self.bounds) else float("inf")
@@ -194,20 +263,18 @@ class ListenerStats:
         """A finished request's latency and method stats in one call (what ``request_time_ms.observe``,
         ``method()``, ``counter.inc()`` and ``histogram.observe`` do in four).
 
-        The listener and method histograms share their bounds, so the bucket is searched once.
+        The method histograms are folded with the listener's: a method's pending values are
+        never more than the listener's, so they stay bounded too.
         """
-        listener = self.request_time_ms
         counter, histogram = self.method(method)
-        index = bisect_left(listener._keys, elapsed_ms)
-        listener.counts[index] += 1
-        listener.sum += elapsed_ms
-        listener.count += 1
         counter.value += 1
-        if histogram._keys is not listener._keys:  # bounds changed on one of them: search its own
-            index = bisect_left(histogram._keys, elapsed_ms)
-        histogram.counts[index] += 1
-        histogram.sum += elapsed_ms
-        histogram.count += 1
+        histogram.pending.append(elapsed_ms)
+        pending = self.request_time_ms.pending
+        pending.append(elapsed_ms)
+        if len(pending) >= FOLD_AT:
+            self.request_time_ms.fold()
+            for _, method_histogram in self._methods.values():
+                method_histogram.fold()
 
 
 class _MethodTable(dict[str, tuple[Counter, Histogram]]):

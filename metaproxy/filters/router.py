@@ -7,7 +7,6 @@ live here because they are properties of a route.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import random
 import time
@@ -21,6 +20,7 @@ from metaproxy.message import ErrorType, MessageType, Metadata, Mutation, ProxyE
 from metaproxy.observer import overriding
 from metaproxy.router import Route
 from metaproxy.runner import RUNNER
+from metaproxy.stats import FOLD_AT
 from metaproxy.upstream.cluster import NO_HEALTHY, Cluster
 from metaproxy.upstream.pool import (
     CONNECT_FAILURE,
@@ -240,10 +240,10 @@ class RouterFilter(Filter):
             stats.upstream_rq_success.value += 1
         endpoint.active_requests -= 1
         elapsed = (time.monotonic() - started) * 1000.0
-        histogram = stats.upstream_rq_time_ms  # (Histogram.observe written out: this runs per request)
-        histogram.counts[bisect.bisect_left(histogram._keys, elapsed)] += 1
-        histogram.sum += elapsed
-        histogram.count += 1
+        pending = stats.upstream_rq_time_ms.pending  # (Histogram.observe written out: this runs per request)
+        pending.append(elapsed)
+        if len(pending) >= FOLD_AT:
+            stats.upstream_rq_time_ms.fold()
         if cluster.on_result is not None:
             cluster.on_result(endpoint, error)
         if tokens:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from metaproxy.stats import DEFAULT_BUCKETS_MS, Histogram, ListenerStats, StatsStore
+from metaproxy.stats import DEFAULT_BUCKETS_MS, FOLD_AT, Histogram, ListenerStats, StatsStore
 
 
 def test_histogram_buckets_are_upper_bound_inclusive_for_floats_and_ints():
@@ -65,3 +65,32 @@ def test_request_done_equals_the_four_separate_operations():
     a.request_done("y", 1.5)
     assert a.method("y")[1].counts == [0, 1, 0]
     assert (a.request_time_ms.count, a.request_time_ms.counts[a.request_time_ms.bounds.index(5)]) == (5, 1)
+
+
+def test_folding_in_batches_counts_like_one_value_at_a_time():
+    import random
+    from bisect import bisect_left
+
+    rng = random.Random(7)
+    bounds = DEFAULT_BUCKETS_MS
+    values = [rng.choice([*bounds, 0.0, 0.25, 99999.0]) if rng.random() < 0.3 else rng.uniform(0, 70000)
+              for _ in range(3 * FOLD_AT + 17)]
+    hist = Histogram(bounds)
+    expected = [0] * (len(bounds) + 1)
+    for value in values:
+        hist.observe(value)
+        expected[bisect_left([float(b) for b in bounds], value)] += 1
+        assert len(hist.pending) < FOLD_AT  # observe folds before the pending values reach the bound
+    assert hist.counts == expected and hist.count == len(values)
+    assert abs(hist.sum - sum(values)) < 1e-6 * sum(values)
+    assert hist.pending == []
+
+
+def test_request_done_folds_the_method_histograms_with_the_listeners():
+    ls = ListenerStats(StatsStore(), "in")
+    for n in range(FOLD_AT):
+        ls.request_done("m" if n % 2 else "n", 3.0)
+    assert ls.request_time_ms.pending == [] and ls.method("m")[1].pending == [] == ls.method("n")[1].pending
+    assert ls.method("m")[1]._counts[2] == FOLD_AT // 2  # folded, before anything read it
+    ls.request_done("m", 3.0)
+    assert ls.method("m")[1].count == FOLD_AT // 2 + 1  # a read folds what is pending
