@@ -232,6 +232,13 @@ def _cluster_dump(cluster: Any) -> dict[str, Any]:
             "in_rotation": e.in_rotation(now),
             "active_requests": e.active_requests,
         } for e in cluster.endpoints],
+        #: One per endpoint and protocol in use; "responses": "passed through" while no request
+        #: sent there reads its response beyond the status (Codec.decode_passthrough), else "decoded".
+        "pools": [{
+            "endpoint": address,
+            "protocol": protocol_key.split(":", 1)[0],
+            "responses": "passed through" if pool.passthrough else "decoded",
+        } for (address, protocol_key), pool in list(cluster.pools.items())],
     }
 
 

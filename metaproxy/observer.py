@@ -18,6 +18,11 @@ from metaproxy.message import Metadata, ProxyError
 class RequestObserver:
     """Base class: override the hooks you need; the server skips the ones left as they are."""
 
+    #: Whether the observer reads a response's Metadata beyond ``response_status``. When no
+    #: observer nor filter of a listener does, upstream responses are only framed and passed
+    #: back (``Codec.decode_passthrough``): say False if you only look at the status.
+    reads_response_metadata: bool = True
+
     def request_start(self, ctx: RequestContext) -> None:
         pass
 

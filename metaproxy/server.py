@@ -109,6 +109,13 @@ class Listener:
             "multiplexing": self.multiplexing,
         }
         self.chain = build_chain(config, FilterEnv(config.name, self.protocol, base_dir, "", services))
+        #: Whether anything here reads an upstream response beyond its status; if nothing does, the
+        #: router lets upstream connections only pass responses back (``Codec.decode_passthrough``).
+        self.reads_responses = bool(self.chain.response_hooks) or any(
+            obs.reads_response_metadata for obs in self.observers)
+        for f in self.chain.filters:
+            if hasattr(f, "reads_responses"):  # the router
+                f.reads_responses = self.reads_responses
         #: Serve connections in the loop's I/O callbacks (see the module docstring).
         self.evented = self.multiplexing and not self.chain.blocking
         self.server: StreamServer | None = None

@@ -87,6 +87,9 @@ class TraceState:
 class RequestTracer(RequestObserver):
     """Makes the spans of every request; see the module docstring."""
 
+    #: Spans carry the response status only: responses may be passed back undecoded.
+    reads_response_metadata = False
+
     def __init__(self, tracer: trace.Tracer, sampling_ratio: float = 1.0, provider: Any = None,
                  exporter: Any = None, processor: Any = None) -> None:
         self.tracer = tracer

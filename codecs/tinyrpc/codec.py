@@ -71,6 +71,11 @@ class _State(tuple):
     type = property(itemgetter(2))
 
 
+#: The codec state of a reply decoded by ``decode_passthrough``: its header offsets unknown.
+_PASSED = _State((-1, -1, TYPE_RESPONSE))
+_RESPONSE = MessageType.RESPONSE
+
+
 def _read_str(buf: bytes | bytearray, pos: int, end: int) -> tuple[str, int]:
     if pos + 2 > end:
         raise CodecError("string length runs past the end of the frame", pos)
@@ -159,6 +164,29 @@ class TinyRpcCodec(Codec):
         metadata.frame = frame
         return DONE
 
+    def decode_passthrough(self, buffer: bytearray, metadata: Metadata) -> DecodeStatus:
+        """A reply is framed and matched, not read (see ``Codec.decode_passthrough``).
+
+        Only the fixed header is looked at; every other message, and any fixed
+        header ``decode`` would refuse, goes to ``decode``. The header section's
+        offsets are left unknown (``_PASSED``): ``encode`` reads them if a
+        mutation needs them.
+        """
+        if len(buffer) < FIXED_SIZE or buffer[5] != TYPE_RESPONSE:
+            return self.decode(buffer, metadata)
+        length, version, _, status, _, request_id = _FIXED.unpack_from(buffer)
+        end = length + 4
+        if end > self.max_message_bytes or length < _MIN_LENGTH or version != VERSION:
+            return self.decode(buffer, metadata)  # which raises what is wrong
+        if len(buffer) < end:
+            return WAIT_FOR_DATA
+        metadata.frame = take(buffer, end)
+        metadata["request_id"] = request_id
+        metadata["message_type"] = _RESPONSE
+        metadata["response_status"] = _SUCCESS if status == 0 else _ERROR
+        metadata.codec_state = _PASSED
+        return DONE
+
     def encode(self, metadata: Metadata, mutation: Mapping[str, str], buffer: bytearray) -> None:
         state: _State | None = metadata.codec_state
         frame = metadata.frame
@@ -171,6 +199,10 @@ class TinyRpcCodec(Codec):
             buffer += frame
             _U64.pack_into(buffer, start + _ID_OFFSET, request_id)
             return
+        if state is _PASSED:  # the header section was not read: read it now
+            full = Metadata()
+            self.decode(bytearray(frame), full)
+            state = full.codec_state
         # Rebuild only the header section: old headers with the mutation applied.
         headers = self._headers_of(frame, state)
         headers.update(mutation)

@@ -73,6 +73,10 @@ class RouterFilter(Filter):
         #: The observers with an upstream hook (the pair is called together: a token passes between them).
         self.upstream_observers = overriding(self.observers, "upstream_start", "upstream_end")
         self._mirrors_in_flight: dict[str, int] = {}
+        #: Whether anything on this listener reads a response beyond its status (response filters,
+        #: observers of response metadata): then upstream responses are decoded whole. The listener
+        #: sets it once its chain is built; until then, the safe answer.
+        self.reads_responses = True
 
     # -- request path -------------------------------------------------------------
     def on_request(self, ctx: RequestContext) -> None:
@@ -207,7 +211,8 @@ class RouterFilter(Filter):
                   tried: list[Any], endpoint: Any = None) -> Metadata | None:
         if endpoint is None:
             endpoint = self._pick_endpoint(ctx, route, cluster, tried)
-        pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
+        pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing,
+                            self.reads_responses or route.response_mutation)
         tried.append(endpoint)
         attempt = self._try_start(ctx, cluster, endpoint)
         error: ProxyError | None = None
@@ -263,7 +268,8 @@ class RouterFilter(Filter):
         """
         endpoint = self._pick_endpoint(ctx, route, cluster, []) if ctx.leases is not None else \
             cluster.choose(ctx.metadata, route.hash_policy)
-        pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
+        pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing,
+                            self.reads_responses or route.response_mutation)
         conn = pool.ready_connection() if self.multiplexing else None
         if conn is None:
             ctx.suspended = True
@@ -352,7 +358,7 @@ class RouterFilter(Filter):
     def _send_mirror(self, cluster: Cluster, md: Metadata, mutation: Mutation, route: Route) -> None:
         try:
             endpoint = cluster.choose(md, route.hash_policy)
-            pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing)
+            pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing, False)
             oneway = md.get("message_type") is MessageType.ONEWAY
             pool.request(md, mutation, route.timeout or self.default_timeout, oneway)
         except ProxyError as err:

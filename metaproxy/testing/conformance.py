@@ -202,6 +202,44 @@ class CodecConformance:
                         f"{label} carries request id {reply.get('request_id')!r}, "
                         f"expected the request's {md.get('request_id')!r}")
 
+    def test_passthrough_decode_agrees_with_decode(self) -> None:
+        """``decode_passthrough`` (upstream messages nobody reads beyond their status) against ``decode``."""
+        for index, frame in enumerate(self.responses):
+            label = f"response sample #{index}"
+            full = self.decode_one(label, Direction.RESPONSE, frame)
+            for cut in (*range(len(frame)), len(frame)):  # every split, then the whole frame at once
+                codec = self.codec(Direction.RESPONSE)
+                buf = bytearray(frame[:cut])
+                md = Metadata()
+                if cut < len(frame):
+                    status = codec.decode_passthrough(buf, md)
+                    assert status is DecodeStatus.WAIT_FOR_DATA and bytes(buf) == frame[:cut], (
+                        f"{label}: decode_passthrough of the first {cut} of {len(frame)} bytes returned "
+                        f"{status.name} or changed the buffer; it must wait for the whole message")
+                    buf += frame[cut:]
+                status = codec.decode_passthrough(buf, md)
+                assert status is DecodeStatus.DONE and not buf, (
+                    f"{label}: decode_passthrough (split at {cut}) returned {status.name} with {len(buf)} bytes left")
+            for key in ("request_id", "message_type", "response_status"):
+                assert (key in md) == (key in full), (
+                    f"{label}: decode {'sets' if key in full else 'does not set'} {key!r}, decode_passthrough "
+                    f"{'does' if key in md else 'does not'}")
+            for key, value in md.items():
+                assert full.get(key) == value, (
+                    f"{label}: decode_passthrough set {key!r} to {value!r}, decode to {full.get(key)!r}")
+            assert md.frame == full.frame, f"{label}: decode_passthrough kept other frame bytes"
+            for mutation in ({}, dict(self.mutation)):
+                outputs = []
+                for decoded in (full, md):
+                    again = Metadata(decoded, request_id=7) if "request_id" in decoded else Metadata(decoded)
+                    again.frame, again.codec_state = decoded.frame, decoded.codec_state
+                    out = bytearray()
+                    self.codec(Direction.REQUEST).encode(again, dict(mutation), out)
+                    outputs.append(bytes(out))
+                assert outputs[0] == outputs[1], (
+                    f"{label}: encode with mutation {mutation} after decode_passthrough wrote other bytes than "
+                    f"after decode;\n  decode:      {_show(outputs[0])}\n  passthrough: {_show(outputs[1])}")
+
     def test_garbage_raises_only_codec_error(self) -> None:
         rng = random.Random(1234)
         seeds = [f for _, _, f in self.samples()]
@@ -213,17 +251,21 @@ class CodecConformance:
             else:
                 data = bytearray(rng.randbytes(rng.randint(0, 64)))
             for direction in Direction:
-                buf = bytearray(data)
-                try:
-                    for _ in range(64):
-                        if self.codec(direction).decode(buf, Metadata()) is not DecodeStatus.DONE:
-                            break
-                except CodecError:
-                    pass
-                except Exception as exc:  # the point of the test
-                    raise AssertionError(
-                        f"decoding garbage as {direction.value} raised {type(exc).__name__}({exc}); "
-                        f"bad bytes must raise only CodecError. input: {bytes(data).hex()}") from None
+                codec = self.codec(direction)
+                decoders = (codec.decode, codec.decode_passthrough) if direction is Direction.RESPONSE \
+                    else (codec.decode,)
+                for decode in decoders:
+                    buf = bytearray(data)
+                    try:
+                        for _ in range(64):
+                            if decode(buf, Metadata()) is not DecodeStatus.DONE:
+                                break
+                    except CodecError:
+                        pass
+                    except Exception as exc:  # the point of the test
+                        raise AssertionError(
+                            f"{decode.__name__} of garbage as {direction.value} raised {type(exc).__name__}({exc}); "
+                            f"bad bytes must raise only CodecError. input: {bytes(data).hex()}") from None
 
     def test_oversized_message_is_refused(self) -> None:
         for label, direction, frame in self.samples():

@@ -86,7 +86,12 @@ class Cluster:
 
     # -- sending -----------------------------------------------------------------
     def pool(self, endpoint: Endpoint, protocol_key: str, codec_factory: Callable[[], Codec],
-             multiplexing: bool) -> MultiplexPool | ExclusivePool:
+             multiplexing: bool, reads_response: object = True) -> MultiplexPool | ExclusivePool:
+        """The endpoint's pool for this protocol.
+
+        ``reads_response`` (any truthy value): the request about to be sent needs its response
+        decoded whole, not only passed back (see ``Codec.decode_passthrough``).
+        """
         key = (endpoint.address, protocol_key)
         pool = self._pools.get(key)
         if pool is None:
@@ -96,7 +101,14 @@ class Cluster:
             pool = kind(endpoint, codec_factory, self.config.connections_per_endpoint, self.stats, self.limits,
                         self.config.connect_timeout, self.tls, self.config.idle_timeout)
             self._pools[key] = pool
+        if reads_response and pool.passthrough:
+            pool.read_responses_fully()
         return pool
+
+    @property
+    def pools(self) -> dict[tuple[str, str], MultiplexPool | ExclusivePool]:
+        """(endpoint address, protocol key) -> pool, for the admin server."""
+        return self._pools
 
     def check_request_limit(self) -> None:
         if self.active_requests >= self.limits.max_requests:

@@ -210,6 +210,9 @@ class MultiplexConnection:
         self.endpoint = endpoint
         self.tls = tls
         self.codec = codec
+        #: How responses are decoded: ``codec.decode_passthrough`` until a request that reads its
+        #: response is sent here (see :meth:`MultiplexPool.read_responses_fully`), then ``codec.decode``.
+        self.decode_response: Callable[[bytearray, Metadata], Any] = codec.decode_passthrough
         self.stats = stats
         self.limits = limits
         self.connect_timeout = connect_timeout
@@ -375,11 +378,12 @@ class MultiplexConnection:
         """Decode every whole response in the buffer and deliver it; the error that must close us, if any."""
         buffer = self.buffer
         codec = self.codec
+        decode = self.decode_response
         pending = self.pending
         try:
             while buffer and not self.closed:
                 md = Metadata()
-                if codec.decode(buffer, md) is not DONE:
+                if decode(buffer, md) is not DONE:
                     break
                 if md.get("message_type") is _HEARTBEAT:
                     # servers ping idle connections (Dubbo): answer, never match to a request
@@ -453,6 +457,12 @@ class _Pool:
         #: idle cutoff can race a request written on it (set it below the upstream's cutoff).
         self.idle_timeout = idle_timeout
 
+    #: True while responses are decoded with ``Codec.decode_passthrough`` (multiplexed pools only).
+    passthrough = False
+
+    def read_responses_fully(self) -> None:
+        """From now on decode every response whole: a request that reads its response is about to be sent."""
+
 
 def _failure(exc: Exception, stats: ClusterStats) -> ProxyError:
     """The ProxyError for a connection that broke (OSError) or answered garbage (CodecError)."""
@@ -472,6 +482,14 @@ class MultiplexPool(_Pool):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.connections: list[MultiplexConnection] = []
+        #: Responses are only passed back until a request needs more (the router calls
+        #: :meth:`read_responses_fully` before sending it): for good, since connections are shared.
+        self.passthrough = True
+
+    def read_responses_fully(self) -> None:
+        self.passthrough = False
+        for conn in self.connections:
+            conn.decode_response = conn.codec.decode
 
     def _pick(self) -> MultiplexConnection:
         conns = self.connections
@@ -497,6 +515,8 @@ class MultiplexPool(_Pool):
             if len(conns) < self.size:
                 best = MultiplexConnection(self.endpoint, self.codec_factory(), self.stats, self.limits,
                                            self.connect_timeout, self.tls)
+                if not self.passthrough:
+                    best.decode_response = best.codec.decode
                 conns.append(best)
         assert best is not None
         return best
