@@ -109,6 +109,12 @@ class _State:
     map_ends: list[int] = []
 
 
+#: Result flags of a response that carries an exception (with or without attachments).
+_EXCEPTION_FLAGS = frozenset((p.RESPONSE_WITH_EXCEPTION, p.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS))
+#: The codec state of a response decoded by ``decode_passthrough``: where its parts lie is unknown.
+_PASSED = _State()
+
+
 def count_parameters(desc: str) -> int:
     """Number of arguments a JVM parameter descriptor names ('Ljava/lang/String;[IJ' -> 3)."""
     cached = _DESC_CACHE.get(desc)
@@ -216,6 +222,39 @@ class DubboCodec(Codec):
         metadata.frame = frame
         return DONE
 
+    def decode_passthrough(self, buffer: bytearray, metadata: Metadata) -> DecodeStatus:
+        """A response is framed and matched, its value and attachments not read (``Codec.decode_passthrough``).
+
+        The header gives the id and status; an OK response's outcome is its
+        first body byte, a result flag in the one-octet form Java writes. Events,
+        requests, other serializations and any header ``decode`` would refuse go
+        to ``decode``. ``encode`` reads the body if a mutation needs it.
+        """
+        if len(buffer) <= HEADER_SIZE or buffer[2] & 0xE0 or buffer[2] & SERIALIZATION_MASK != HESSIAN2:
+            return self.decode(buffer, metadata)
+        magic, _, status, request_id, length = HEADER.unpack_from(buffer, 0)
+        size = HEADER_SIZE + length
+        if magic != MAGIC or size > self.max_message_bytes or length < 1:
+            return self.decode(buffer, metadata)  # which raises what is wrong, or reads the empty body
+        if status == p.OK:
+            result_flag = buffer[HEADER_SIZE] - 0x90
+            if not 0 <= result_flag <= 5:
+                return self.decode(buffer, metadata)
+            message_type = _RESPONSE
+            failed = result_flag in _EXCEPTION_FLAGS
+        else:
+            message_type = _ERROR_MESSAGE
+            failed = True
+        if len(buffer) < size:
+            return WAIT_FOR_DATA
+        metadata.frame = take(buffer, size)
+        metadata["request_id"] = request_id
+        metadata["status"] = status
+        metadata["message_type"] = message_type
+        metadata["response_status"] = _ERROR if failed else _SUCCESS
+        metadata.codec_state = _PASSED
+        return DONE
+
     def _decode_request(self, frame: bytes, flag: int, metadata: Metadata, state: _State) -> None:
         memo = self._request_head
         if memo is not None and frame.startswith(memo[0], HEADER_SIZE):
@@ -287,7 +326,7 @@ class DubboCodec(Codec):
             raise CodecError(f"unknown response flag {result_flag}", HEADER_SIZE)
         state.result_flag = result_flag
         metadata["message_type"] = _RESPONSE
-        failed = result_flag == p.RESPONSE_WITH_EXCEPTION or result_flag == p.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS
+        failed = result_flag in _EXCEPTION_FLAGS
         metadata["response_status"] = _ERROR if failed else _SUCCESS
         reader = None
         if result_flag != p.RESPONSE_NULL_VALUE and result_flag != p.RESPONSE_NULL_VALUE_WITH_ATTACHMENTS:
@@ -378,6 +417,10 @@ class DubboCodec(Codec):
             self._encode_fresh(metadata, mutation, buffer)
             return
         start = len(buffer)
+        if mutation and state is _PASSED:  # decode_passthrough did not read the body: read it now
+            full = Metadata()
+            self.decode(bytearray(frame), full)
+            state = full.codec_state
         if mutation and self._can_carry(state):
             self._encode_mutated(frame, state, mutation, buffer)
         else:

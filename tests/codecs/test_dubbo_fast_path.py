@@ -395,3 +395,39 @@ def test_generated_responses_agree(samples: list[m.Sample]) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         frames = [sample.frame for sample in samples]
         same_both_ways(frames + frames, monkeypatch, Direction.RESPONSE)
+
+
+# -- decode_passthrough ---------------------------------------------------------------------------
+@FAST
+@given(m.dubbo_responses(), st.sampled_from([{}, {"x-user": "bob", "x-new": "v\u00e9"}]))
+def test_passthrough_reads_what_decode_reads_and_encodes_alike(sample: m.Sample, mutation: dict) -> None:
+    full, passed = Metadata(), Metadata()
+    assert DubboCodec(direction=Direction.RESPONSE).decode(bytearray(sample.frame), full) is DecodeStatus.DONE
+    buf = bytearray(sample.frame + sample.frame)
+    assert DubboCodec(direction=Direction.RESPONSE).decode_passthrough(buf, passed) is DecodeStatus.DONE
+    assert bytes(buf) == sample.frame  # exactly one message consumed
+    assert {k: full.get(k) for k in passed} == dict(passed)
+    assert {k: k in passed for k in ("request_id", "message_type", "response_status")} == \
+        {k: k in full for k in ("request_id", "message_type", "response_status")}
+    outputs = []
+    for md in (full, passed):
+        again = Metadata(md, request_id=99)
+        again.frame, again.codec_state = md.frame, md.codec_state
+        out = bytearray()
+        DubboCodec().encode(again, dict(mutation), out)
+        outputs.append(bytes(out))
+    assert outputs[0] == outputs[1]
+
+
+def test_passthrough_reads_only_the_header_and_the_result_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dubbo_codec, "Hessian2Reader", None)  # any read of the body would fail
+    monkeypatch.setattr(dubbo_codec, "skip_plain", None)
+    for flag, status in ((b"\x91", "success"), (b"\x94", "success"), (b"\x90", "error"), (b"\x93", "error")):
+        md = Metadata()
+        frame = response(s("hello"), flag, attachments((s("k"), s("v"))) if flag[0] >= 0x93 else b"")
+        assert DubboCodec(direction=Direction.RESPONSE).decode_passthrough(bytearray(frame), md) is DecodeStatus.DONE
+        assert (md["request_id"], md["response_status"], md["message_type"].value) == (9, status, "response")
+    error = p.HEADER.pack(p.MAGIC, p.HESSIAN2, p.SERVICE_ERROR, 5, 3) + s("no")
+    md = Metadata()
+    assert DubboCodec(direction=Direction.RESPONSE).decode_passthrough(bytearray(error), md) is DecodeStatus.DONE
+    assert (md["response_status"], md["message_type"].value, md["status"]) == ("error", "error", p.SERVICE_ERROR)
