@@ -192,15 +192,9 @@ class ThriftCodec(Codec):
         if mtype == CALL:
             message_type = _REQUEST
         elif mtype == REPLY:
-            # The result struct's first field: none or id 0 is the return value, any other a declared exception.
-            if body_pos >= end:
+            status = _reply_status(buffer, body_pos, end)
+            if status is None:
                 return False
-            if buffer[body_pos] == 0:
-                status = _SUCCESS
-            elif body_pos + 3 > end:
-                return False
-            else:
-                status = _SUCCESS if buffer[body_pos + 1] == 0 and buffer[body_pos + 2] == 0 else _ERROR
             message_type = _RESPONSE
         elif mtype == ONEWAY:
             message_type = _ONEWAY
@@ -229,6 +223,30 @@ class ThriftCodec(Codec):
                                                    None, None)
         metadata.frame = take(buffer, end)
         return True
+
+    def decode_passthrough(self, buffer: bytearray, metadata: Metadata) -> DecodeStatus:
+        """A whole framed strict binary reply is matched by its seqid, not read (``Codec.decode_passthrough``).
+
+        Its name is not decoded and only the first byte(s) of the result struct
+        are looked at (for the status); everything else goes to ``decode``.
+        """
+        if self._strict_fast and len(buffer) >= _FRAMED_STRICT_MIN:
+            length, word, name_size = _FRAMED_STRICT.unpack_from(buffer, 0)
+            end = length + 4
+            body_pos = 16 + name_size
+            if (word & VERSION_MASK) == VERSION_1 and word & 0xFF == REPLY and end <= len(buffer) \
+                    and end <= self.max_message_bytes:
+                status = _reply_status(buffer, body_pos, end)
+                if status is not None:
+                    seqid = _I32.unpack_from(buffer, body_pos - 4)[0]
+                    metadata["request_id"] = seqid
+                    metadata["message_type"] = _RESPONSE
+                    metadata["response_status"] = status
+                    self._last = metadata.codec_state = _State(FRAMED, binary, True, seqid, body_pos - 8,
+                                                               body_pos - 4, 4, None, None)
+                    metadata.frame = take(buffer, end)
+                    return DONE
+        return self.decode(buffer, metadata)
 
     def _protocol_at(self, buf: bytearray, pos: int) -> ModuleType:
         found = detect_protocol(buf, pos)
@@ -430,6 +448,18 @@ class ThriftCodec(Codec):
         proto.write_head(message, name, mtype, int(metadata.get("request_id", 0)), True)
         proto.write_empty_struct(message)
         self._wrap(buffer, transport, proto, message, int(metadata.get("request_id", 0)), None)
+
+
+def _reply_status(buf: bytearray, body_pos: int, end: int) -> ResponseStatus | None:
+    """A binary reply's outcome from its result struct's first field: none or id 0 is the return
+    value, any other a declared exception. None when that field runs past ``end``."""
+    if body_pos >= end:
+        return None
+    if buf[body_pos] == 0:
+        return _SUCCESS
+    if body_pos + 3 > end:
+        return None
+    return _SUCCESS if buf[body_pos + 1] == 0 and buf[body_pos + 2] == 0 else _ERROR
 
 
 def _signed(value: int) -> int:

@@ -187,3 +187,57 @@ def test_the_fast_path_flag_follows_the_options() -> None:
     assert {shape for shape, on in flags.items() if on} == {
         ("auto", "auto"), ("auto", "binary"), ("framed", "auto"), ("framed", "binary")}
     assert thrift_codec._FRAMED_STRICT_MIN == len(strict(b"", TMessageType.CALL, 0, b""))
+
+
+# -- decode_passthrough (responses nobody reads beyond their status) --------------------------------
+def _passthrough_agrees(frame: bytes, options: dict[str, str], mutation: dict[str, str]) -> None:
+    full, passed = Metadata(), Metadata()
+    try:
+        full_status = ThriftCodec(options, Direction.RESPONSE).decode(bytearray(frame), full)
+    except CodecError as exc:
+        full_status = ("error", str(exc))
+    buf = bytearray(frame)
+    try:
+        passed_status = ThriftCodec(options, Direction.RESPONSE).decode_passthrough(buf, passed)
+    except CodecError as exc:
+        passed_status = ("error", str(exc))
+    if passed_status is not DecodeStatus.DONE:
+        assert passed_status == full_status  # what it does not pass through, decode decides
+        return
+    assert not buf
+    if full_status != DecodeStatus.DONE:  # only what passthrough does not read may be wrong: the name
+        assert full_status == ("error", "method name is not valid UTF-8"), full_status
+        return
+    assert {k: full.get(k) for k in passed} == dict(passed)
+    for key in ("request_id", "message_type", "response_status"):
+        assert (key in passed) == (key in full)
+    outputs = []
+    for md in (full, passed):
+        again = Metadata(md, request_id=4242)
+        again.frame, again.codec_state = md.frame, md.codec_state
+        out = bytearray()
+        ThriftCodec(options, Direction.REQUEST).encode(again, dict(mutation), out)
+        outputs.append(bytes(out))
+    assert outputs[0] == outputs[1]
+
+
+@FAST
+@given(m.thrift_messages(), st.sampled_from(OPTIONS), st.sampled_from([{}, {"x-user": "bob"}]))
+def test_passthrough_agrees_with_decode(sample: m.Sample, options: dict[str, str], mutation: dict) -> None:
+    _passthrough_agrees(sample.frame, options, mutation)
+
+
+@pytest.mark.parametrize("body", [b"\x00", b"\x0b\x00\x00\x00\x00\x00\x02ok\x00", b"\x0c\x00\x01\x00\x00",
+                                  b"\x0c\x00", b"\x0c", b"\x0c\x01\x00\x00", b""])
+@pytest.mark.parametrize("name", [b"ping", b"Svc:ping", b"", b"\xff\xfe"])
+def test_passthrough_at_the_fast_path_boundaries(body: bytes, name: bytes) -> None:
+    for options in ({"transport": "framed", "protocol": "binary"}, {"transport": "auto", "protocol": "auto"}):
+        _passthrough_agrees(strict(name, TMessageType.REPLY, 7, body), options, {})
+
+
+def test_a_framed_binary_reply_is_not_read() -> None:
+    frame = strict(b"\xff\xfe", TMessageType.REPLY, 7, b"\x0c\x00\x01\x00\x00")  # a name decode would refuse
+    md = Metadata()
+    codec = ThriftCodec({"transport": "framed", "protocol": "binary"}, Direction.RESPONSE)
+    assert codec.decode_passthrough(bytearray(frame), md) is DecodeStatus.DONE
+    assert dict(md) == {"request_id": 7, "message_type": md["message_type"], "response_status": ResponseStatus.ERROR}
