@@ -1,5 +1,5 @@
 # Benchmarks: `make bench` builds the C load generator and upstream server (tinyrpc, Thrift, Dubbo) into
-# build/bench/ and runs bench/run.py (direct vs HAProxy vs metaproxy, one run).
+# build/bench/ and runs bench/run.py (direct vs HAProxy vs metaproxy, BENCH_ROUNDS interleaved rounds).
 # `make bench-profile` runs one metaproxy measurement under a profiler; `make bench-smoke` a very short run.
 # `make deps-bench` installs what the benchmarks need, only when it is missing.
 
@@ -8,6 +8,8 @@ BENCH_PYTHON ?= $(if $(PY),$(PY),.venv/bin/python)
 BENCH_CC ?= gcc
 BENCH_CFLAGS ?= -O2 -Wall -Wextra -std=c11
 BENCH_ARGS ?=
+# Every target measured this many times, taking turns; the tables show medians (bench/run.py --rounds).
+BENCH_ROUNDS ?= 3
 
 BENCH_BINARIES := $(BENCH_BUILD)/rpc_load $(BENCH_BUILD)/rpc_server
 
@@ -24,7 +26,7 @@ bench-tools: $(BENCH_BINARIES)
 bench: bench-protocols bench-codecs bench-lua bench-wasm bench-observability bench-xds
 
 bench-protocols: venv deps-bench bench-tools
-	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) $(BENCH_ARGS)
+	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) --rounds $(BENCH_ROUNDS) $(BENCH_ARGS)
 
 # Instructions per proxied request under valgrind (load-independent; ~1 min per scenario).
 bench-icount: venv deps-bench bench-tools
