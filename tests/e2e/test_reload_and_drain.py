@@ -83,7 +83,7 @@ def test_sighup_adds_a_listener_and_changes_a_cluster_with_zero_failed_requests(
         p.config_path.write_text(yaml.safe_dump(config))
         p.send_signal(signal.SIGHUP)
         wait_for_port("127.0.0.1", new_port, 10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # polled: the bound only matters on a loaded machine
         while not any(b.startswith(b"v2:") for b in load.bodies[-50:]) and time.monotonic() < deadline:
             time.sleep(0.02)
         load.wait_for(200)
@@ -99,7 +99,7 @@ def test_a_bad_file_on_sighup_is_rejected_and_the_old_config_keeps_running(tinyr
     good = p.config_path.read_text()
     p.config_path.write_text(good.replace("clusters:", "clusterz:"))
     p.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # polled: the bound only matters on a loaded machine
     while "reload of" not in p.log() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "rejected, the running config stays" in p.log()
@@ -120,7 +120,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tinyrpc_server, proxy):
     threads = [threading.Thread(target=slow_call) for _ in range(10)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # polled: the bound only matters on a loaded machine
     while sum(1 for r in v1.received.requests if r["method"] == "sleep") < 10 and time.monotonic() < deadline:
         time.sleep(0.01)
     p.send_signal(signal.SIGTERM)
