@@ -111,6 +111,8 @@ class _State:
 
 #: Result flags of a response that carries an exception (with or without attachments).
 _EXCEPTION_FLAGS = frozenset((p.RESPONSE_WITH_EXCEPTION, p.RESPONSE_WITH_EXCEPTION_WITH_ATTACHMENTS))
+#: An OK response's first body byte, a result flag as Java writes it (a one-octet int) -> its outcome.
+_RESULT_OUTCOMES = {0x90 + flag: _ERROR if flag in _EXCEPTION_FLAGS else _SUCCESS for flag in range(6)}
 #: The codec state of a response decoded by ``decode_passthrough``: where its parts lie is unknown.
 _PASSED = _State()
 
@@ -230,28 +232,24 @@ class DubboCodec(Codec):
         requests, other serializations and any header ``decode`` would refuse go
         to ``decode``. ``encode`` reads the body if a mutation needs it.
         """
-        if len(buffer) <= HEADER_SIZE or buffer[2] & 0xE0 or buffer[2] & SERIALIZATION_MASK != HESSIAN2:
+        if len(buffer) <= HEADER_SIZE or buffer[2] != HESSIAN2:  # not a Hessian2 response (no flag bit set)
             return self.decode(buffer, metadata)
         magic, _, status, request_id, length = HEADER.unpack_from(buffer, 0)
         size = HEADER_SIZE + length
-        if magic != MAGIC or size > self.max_message_bytes or length < 1:
-            return self.decode(buffer, metadata)  # which raises what is wrong, or reads the empty body
         if status == p.OK:
-            result_flag = buffer[HEADER_SIZE] - 0x90
-            if not 0 <= result_flag <= 5:
-                return self.decode(buffer, metadata)
+            outcome = _RESULT_OUTCOMES.get(buffer[HEADER_SIZE])
             message_type = _RESPONSE
-            failed = result_flag in _EXCEPTION_FLAGS
         else:
+            outcome = _ERROR
             message_type = _ERROR_MESSAGE
-            failed = True
+        if outcome is None or magic != MAGIC or size > self.max_message_bytes or length < 1:
+            return self.decode(buffer, metadata)  # which raises what is wrong, or reads what this does not
         if len(buffer) < size:
             return WAIT_FOR_DATA
         metadata.frame = take(buffer, size)
         metadata["request_id"] = request_id
-        metadata["status"] = status
         metadata["message_type"] = message_type
-        metadata["response_status"] = _ERROR if failed else _SUCCESS
+        metadata["response_status"] = outcome
         metadata.codec_state = _PASSED
         return DONE
 

@@ -430,4 +430,4 @@ def test_passthrough_reads_only_the_header_and_the_result_flag(monkeypatch: pyte
     error = p.HEADER.pack(p.MAGIC, p.HESSIAN2, p.SERVICE_ERROR, 5, 3) + s("no")
     md = Metadata()
     assert DubboCodec(direction=Direction.RESPONSE).decode_passthrough(bytearray(error), md) is DecodeStatus.DONE
-    assert (md["response_status"], md["message_type"].value, md["status"]) == ("error", "error", p.SERVICE_ERROR)
+    assert (md["response_status"], md["message_type"].value, md["request_id"]) == ("error", "error", 5)
