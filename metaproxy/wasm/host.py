@@ -32,7 +32,21 @@ from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError, as_str
 from metaproxy.wasm import abi, properties
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.native import GuestExit, GuestFunction, GuestMemory
-from metaproxy.wasm.shim import LOG_START, RECORD, STAGE_MAX, STAGE_START, STAGED, ShimBuffer
+from metaproxy.wasm.shim import (
+    ADD_BIT,
+    CACHE_KEY_MAX,
+    CACHE_KEYS_MAX,
+    CACHE_TABLES,
+    CACHE_VALUES_END,
+    CACHE_VALUES_START,
+    CODES_START,
+    RESPONSE_BIT,
+    STAGE_MAX,
+    STAGE_START,
+    STAGED,
+    TEXT_START,
+    ShimBuffer,
+)
 
 _PY_LEVEL_TO_ABI = ((logging.DEBUG, abi.LOG_DEBUG), (logging.INFO, abi.LOG_INFO),
                     (logging.WARNING, abi.LOG_WARN), (logging.ERROR, abi.LOG_ERROR))
@@ -44,10 +58,10 @@ _U32 = struct.Struct("<I")
 #: the dict's own store writes the same entry without two Python calls on every header write (~0.4 µs).
 #: tests/wasm/test_fastpath.py checks that both writes stay identical.
 _store = dict.__setitem__
-_unpack_record = RECORD.unpack_from
 #: ABI codes the hottest host functions use, as plain globals (one lookup instead of two).
 _OK, _NOT_FOUND = abi.OK, abi.NOT_FOUND
 _REQUEST_MAP, _RESPONSE_MAP = abi.MAP_REQUEST_HEADERS, abi.MAP_RESPONSE_HEADERS
+_ADD_BIT, _RESPONSE_BIT = ADD_BIT, RESPONSE_BIT
 
 
 def error_kind_for(status: int, grpc_status: int) -> ErrorType:
@@ -135,22 +149,90 @@ class AbiHost:
         self._threshold_until = 0.0
         self._stdio = {1: b"", 2: b""}
         #: The fast shim's words (shim.py): [0] bytes of recorded header writes not applied yet, [1] whether
-        #: header writes may be recorded (a request with its maps is current), [2] staged size. A plain
+        #: header writes may be recorded (a request with its maps is current), [2] staged size, [3] how many
+        #: writes are recorded. A plain
         #: list while no shim is installed, so the checks below cost the same either way.
-        self.words: Any = [0, 0, 0]
+        self.words: Any = [0] * 6
         self.shim: ShimBuffer | None = None
+        #: Request phase (0) or response phase (1) of the entry under way (which read cache a read teaches).
+        self.phase = 0
+        self._forget_cache()
+
+    def _forget_cache(self) -> None:
+        #: Per phase, the (map type, key) pairs the module read in that phase: the read cache's keys, in the
+        #: order of the shim's table; their raw key bytes (a set, to learn each once); where the table ends.
+        self.cache_keys: tuple[list[tuple[int, str]], list[tuple[int, str]]] = ([], [])
+        self._cache_known: tuple[set[tuple[int, bytes]], set[tuple[int, bytes]]] = (set(), set())
+        self._cache_table_end = list(CACHE_TABLES)
 
     def attach_shim(self, shim: ShimBuffer | None) -> None:
         """Use ``shim`` (installed after the module started) for recorded writes and staged answers."""
         self.shim = shim
-        self.words = shim.words if shim is not None else [0, 0, 0]
+        self.words = shim.words if shim is not None else [0] * 6
+        self._forget_cache()
 
     def set_current(self, stream: Stream | None) -> None:
         """Make ``stream`` the effective context (None: the root), telling the shim whether writes may be recorded."""
         if self.words[0]:
             self.apply_writes()
         self.current = stream
-        self.words[1] = 1 if stream is not None and stream.ctx is not None else 0
+        words = self.words
+        words[1] = 1 if stream is not None and stream.ctx is not None else 0
+        words[4] = 0  # the read cache holds the values of the previous context's maps
+
+    def fill_cache(self, ctx: Any, phase: int) -> None:
+        """Write the values of the keys the module read in this phase before, for the shim to answer reads.
+
+        Why: a ``proxy_get_header_map_value`` answered by Python costs a crossing
+        out of WebAssembly and back (~1.5 µs); filters read the same few keys on every
+        request. The shim answers a read of a cached key by itself unless a write of
+        that key is still in its log; Python drops the cache whenever it changes a map
+        (:meth:`apply_writes`, the write functions) or the current context changes.
+        """
+        values = []
+        missing = 0
+        bit = 1
+        for map_type, key in self.cache_keys[phase]:
+            if map_type == _REQUEST_MAP:
+                metadata, value = ctx.metadata, ctx.mutation.get(key)
+            else:
+                metadata, value = ctx.response_metadata, ctx.response_mutation.get(key)
+            if value is None:
+                value = metadata.get(key) if metadata is not None else None
+                if value is None:
+                    missing |= bit
+                    value = ""
+                elif type(value) is not str:
+                    value = as_str(value)
+            values.append(value)
+            bit <<= 1
+        count = len(values)
+        values.append("")  # every value is followed by a NUL
+        try:
+            blob = "\0".join(values).encode("utf-8")
+        except UnicodeEncodeError:
+            return  # text UTF-8 cannot carry: reads go to Python (which fails them as before)
+        if blob.count(b"\0") != count or len(blob) > CACHE_VALUES_END - CACHE_VALUES_START:
+            return  # a value holding a NUL, or too much
+        self.shim.view[CACHE_VALUES_START:CACHE_VALUES_START + len(blob)] = blob  # type: ignore[union-attr]
+        words = self.words
+        words[5] = missing
+        words[4] = (phase + 1) | (count << 8)
+
+    def _learn(self, map_type: int, raw: bytes, key: str) -> None:
+        """Add a key the module read to this phase's read cache (once; up to CACHE_KEYS_MAX keys)."""
+        phase = self.phase
+        known = self._cache_known[phase]
+        if (map_type, raw) in known or len(known) >= CACHE_KEYS_MAX or len(raw) > CACHE_KEY_MAX:
+            return
+        known.add((map_type, raw))
+        at = self._cache_table_end[phase]
+        view = self.shim.view  # type: ignore[union-attr]
+        _U32.pack_into(view, at, map_type)
+        _U32.pack_into(view, at + 4, len(raw))
+        view[at + 8:at + 8 + len(raw)] = raw
+        self._cache_table_end[phase] = at + 8 + ((len(raw) + 3) & -4)
+        self.cache_keys[phase].append((map_type, key))
 
     def apply_writes(self) -> None:
         """Apply, in order, the header writes the shim recorded, to the current request (then forget them).
@@ -158,12 +240,14 @@ class AbiHost:
         The shim records only while a request with its maps is current, and every
         change of the current context applies the log first, so the writes land
         where the Python host functions would have put them. Written for speed (it
-        runs once or twice per request phase): records are 4-aligned, so the next
-        one starts at the end of this one's value rounded up.
+        runs once or twice per request phase): the texts of all writes are decoded
+        with one ``decode`` and one ``split`` (UTF-8 decoding stops at a NUL
+        whatever came before it, so each text decodes as it would alone), and a
+        replace on the request map, the common write, is one dict store.
         """
         words = self.words
-        end = LOG_START + words[0]
-        words[0] = 0
+        used, count = words[0], words[3]
+        words[0] = words[3] = words[4] = 0  # the maps change: the read cache is stale
         stream = self.current
         if stream is None:
             return  # the request is gone (a trap ended the call): nothing to write to
@@ -171,22 +255,20 @@ class AbiHost:
         if ctx is None:
             return
         view = self.shim.view  # type: ignore[union-attr]  # words[0] is non-zero only with a shim
-        pos = LOG_START
-        while pos < end:
-            append, map_type, key_size, value_size = _unpack_record(view, pos)
-            pos += 16
-            mid = pos + key_size
-            key = view[pos:mid].tobytes().decode("utf-8", "replace")
-            pos = mid + value_size
-            value = view[mid:pos].tobytes().decode("utf-8", "replace")
-            pos = (pos + 3) & -4
-            mutation = ctx.mutation if map_type == _REQUEST_MAP else ctx.response_mutation
-            if append:
+        texts = iter(view[TEXT_START:TEXT_START + used].tobytes().decode("utf-8", "replace").split("\0"))
+        request = ctx.mutation
+        for code, key, value in zip(view[CODES_START:CODES_START + count].tobytes(), texts, texts, strict=False):
+            if not code:
+                _store(request, key, value)
+                continue
+            if code & _RESPONSE_BIT:
+                mutation, metadata = ctx.response_mutation, ctx.response_metadata
+            else:
+                mutation, metadata = request, ctx.metadata
+            if code & _ADD_BIT:
                 old = mutation.get(key)
-                if old is None:
-                    metadata = ctx.metadata if map_type == _REQUEST_MAP else ctx.response_metadata
-                    if metadata is not None:
-                        old = metadata.get_str(key)
+                if old is None and metadata is not None:
+                    old = metadata.get_str(key)
                 if old is not None:
                     value = f"{old},{value}"  # one value per key: fold like repeated HTTP headers
             _store(mutation, key, value)
@@ -405,6 +487,7 @@ class AbiHost:
         except ValueError:
             return abi.BAD_ARGUMENT
         metadata, mutation = maps
+        self.words[4] = 0  # the read cache is stale
         for key in [k for k in mutation if k not in wanted]:
             del mutation[key]
         for key, value in wanted.items():
@@ -425,7 +508,10 @@ class AbiHost:
         end = key_ptr + key_size
         if end > memory.limit and not memory.reaches(end):  # type: ignore[union-attr]
             return abi.INVALID_MEMORY_ACCESS
-        key = memory.view[key_ptr:end].tobytes().decode("utf-8", "replace")  # type: ignore[union-attr]
+        raw = memory.view[key_ptr:end].tobytes()  # type: ignore[union-attr]
+        key = raw.decode("utf-8", "replace")
+        if self.shim is not None:
+            self._learn(map_type, raw, key)  # the next entries of this phase answer it in WebAssembly
         if map_type == _REQUEST_MAP:
             metadata, mutation = ctx.metadata, ctx.mutation
         else:
@@ -462,6 +548,7 @@ class AbiHost:
         view = memory.view  # type: ignore[union-attr]
         key = view[key_ptr:key_end].tobytes().decode("utf-8", "replace")
         value = view[value_ptr:value_end].tobytes().decode("utf-8", "replace")
+        self.words[4] = 0  # the read cache is stale
         if map_type == _REQUEST_MAP:
             mutation = ctx.mutation
             if append:
@@ -488,6 +575,7 @@ class AbiHost:
         key = self._read_str(key_ptr, key_size)
         if key is None:
             return abi.INVALID_MEMORY_ACCESS
+        self.words[4] = 0  # the read cache is stale
         maps[1].pop(key, None)
         return abi.OK
 

@@ -12,8 +12,11 @@ host functions in :data:`ROUTED` that a module imports:
   answered OK at once. Python applies the log, in order, before any host
   function that reads a header map or changes the effective context, and when
   the guest call returns (:meth:`ShimBuffer.drain`). Anything else (no request
-  current, another map, a pointer out of bounds, a full log) goes to the Python
+  current, another map, a pointer out of bounds, a full log, a NUL) goes to the Python
   function, which applies the log first: what a module can observe is unchanged.
+  The log keeps one code byte per write and the texts of all writes, each
+  followed by a NUL, so Python decodes every pending write with one ``decode``
+  and one ``split`` (a key or value holding a NUL goes to Python instead).
 * ``proxy_get_header_map_value``, ``proxy_get_header_map_pairs`` and
   ``proxy_get_property`` call Python, which, instead of calling the module's
   allocator itself, may leave the bytes in the shim's staging area and answer
@@ -32,7 +35,6 @@ functions then replace the table entries (:func:`install`).
 from __future__ import annotations
 
 import ctypes
-import struct
 from typing import Any
 
 import wasmtime
@@ -43,15 +45,31 @@ from metaproxy.wasm import abi
 WRITES = ("proxy_add_header_map_value", "proxy_replace_header_map_value")
 STAGED_GETS = ("proxy_get_header_map_value", "proxy_get_header_map_pairs", "proxy_get_property")
 ROUTED = WRITES + STAGED_GETS
+#: The get the fast module may answer by itself, from the read cache Python fills at phase entry.
+CACHED_GET = "proxy_get_header_map_value"
 #: Status a Python host function returns to the fast shim: "the answer is in the staging area".
 STAGED = 0xFFFFFF00
-#: Shim memory layout (two 64 KiB pages, fixed): words, then the write log, then the staging area.
-USED_WORD, ACTIVE_WORD, STAGED_SIZE_WORD = 0, 1, 2  # u32 indices
-LOG_START, LOG_END = 64, 65536
+#: Shim memory layout (three 64 KiB pages, fixed): words, the write log (one code byte per write, then the
+#: texts of all writes); the staging area; the read cache (a table of keys per phase, then their values).
+USED_WORD, ACTIVE_WORD, STAGED_SIZE_WORD, COUNT_WORD = 0, 1, 2, 3  # u32 indices
+#: [4]: 0 (no cached values), else the phase's table (1 request, 2 response) | number of cached keys << 8;
+#: [5]: bit i set when cached key i has no value (NOT_FOUND).
+CACHE_WORD, MISSING_WORD = 4, 5
+WORDS_END = 64
+CODES_START, CODES_END = 64, 1024
+TEXT_START, TEXT_END = 1024, 65536
 STAGE_START, STAGE_END = 65536, 131072
 STAGE_MAX = STAGE_END - STAGE_START
-#: A log record: op (1 = add, 0 = replace), map type, key size, value size; then key and value, padded to 4.
-RECORD = struct.Struct("<IIII")
+#: Read cache: per phase, a table of the keys the module read in that phase before, entries of (map type u32,
+#: key size u32, key bytes padded to 4), written once per key; the values of the first N keys, each followed
+#: by a NUL, written at each entry of the phase (host.AbiHost.fill_cache).
+CACHE_TABLES = (131072, 135168)  # request phase, response phase
+CACHE_TABLE_SIZE = 4096
+CACHE_KEYS_MAX, CACHE_KEY_MAX = 16, 240
+CACHE_VALUES_START, CACHE_VALUES_END = 139264, 196608
+#: A write's code byte: bit 0 set for an add (clear: a replace), bit 1 for the response map (clear: request).
+#: Its key and value are in the text area, each followed by a NUL (a key or value holding a NUL goes to Python).
+ADD_BIT, RESPONSE_BIT = 1, 2
 
 _WAT_SIG = {"iiiii:i": "(param i32 i32 i32 i32 i32) (result i32)", "iiii:i": "(param i32 i32 i32 i32) (result i32)",
             "iii:i": "(param i32 i32 i32) (result i32)"}
@@ -80,55 +98,146 @@ def router_wat(names: list[str]) -> str:
 
 
 _FAST_HEAD = """
-  (memory $own (export "buffer") 2 2)
+  (memory $own (export "buffer") 3 3)
   (func $in_guest (param $ptr i32) (param $size i32) (result i32)
     (i64.le_u (i64.add (i64.extend_i32_u (local.get $ptr)) (i64.extend_i32_u (local.get $size)))
               (i64.mul (i64.extend_i32_u (memory.size $g)) (i64.const 65536))))
 """
 
 _FAST_WRITE = """
+  ;; whether guest [$p, $p + $n) holds a NUL byte (its text could not be told from the separators)
+  (func $has_nul (param $p i32) (param $n i32) (result i32)
+    (block $none
+      (loop $next
+        (br_if $none (i32.eqz (local.get $n)))
+        (if (i32.eqz (i32.load8_u $g (local.get $p))) (then (return (i32.const 1))))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+        (br $next)))
+    (i32.const 0))
   (func $record (param $op i32) (param $m i32) (param $kp i32) (param $ks i32) (param $vp i32) (param $vs i32)
     (result i32)
-    (local $w i32) (local $at i32)
+    (local $used i32) (local $count i32) (local $at i32)
     (if (i32.eqz (i32.load $own offset=4 (i32.const 0))) (then (return (i32.const 0))))
     (if (i32.and (i32.ne (local.get $m) (i32.const 0)) (i32.ne (local.get $m) (i32.const 2)))
       (then (return (i32.const 0))))
     (if (i32.eqz (call $in_guest (local.get $kp) (local.get $ks))) (then (return (i32.const 0))))
     (if (i32.eqz (call $in_guest (local.get $vp) (local.get $vs))) (then (return (i32.const 0))))
-    (local.set $w (i32.load $own (i32.const 0)))
-    (if (i64.gt_u (i64.add (i64.add (i64.extend_i32_u (local.get $w)) (i64.const LOG_START_PLUS_19))
+    (local.set $count (i32.load $own offset=12 (i32.const 0)))
+    (if (i32.ge_u (local.get $count) (i32.const CODES_MAX)) (then (return (i32.const 0))))
+    (local.set $used (i32.load $own (i32.const 0)))
+    (if (i64.gt_u (i64.add (i64.add (i64.extend_i32_u (local.get $used)) (i64.const TEXT_START_PLUS_2))
                            (i64.add (i64.extend_i32_u (local.get $ks)) (i64.extend_i32_u (local.get $vs))))
-                  (i64.const LOG_END))
+                  (i64.const TEXT_END))
       (then (return (i32.const 0))))
-    (local.set $at (i32.add (local.get $w) (i32.const LOG_START)))
-    (i32.store $own (local.get $at) (local.get $op))
-    (i32.store $own offset=4 (local.get $at) (local.get $m))
-    (i32.store $own offset=8 (local.get $at) (local.get $ks))
-    (i32.store $own offset=12 (local.get $at) (local.get $vs))
-    (memory.copy $own $g (i32.add (local.get $at) (i32.const 16)) (local.get $kp) (local.get $ks))
-    (memory.copy $own $g (i32.add (i32.add (local.get $at) (i32.const 16)) (local.get $ks)) (local.get $vp)
-                 (local.get $vs))
-    (i32.store $own (i32.const 0)
-      (i32.add (local.get $w)
-        (i32.add (i32.const 16) (i32.and (i32.add (i32.add (local.get $ks) (local.get $vs)) (i32.const 3))
-                                         (i32.const -4)))))
+    (if (call $has_nul (local.get $kp) (local.get $ks)) (then (return (i32.const 0))))
+    (if (call $has_nul (local.get $vp) (local.get $vs)) (then (return (i32.const 0))))
+    (local.set $at (i32.add (local.get $used) (i32.const TEXT_START)))
+    (memory.copy $own $g (local.get $at) (local.get $kp) (local.get $ks))
+    (local.set $at (i32.add (local.get $at) (local.get $ks)))
+    (i32.store8 $own (local.get $at) (i32.const 0))
+    (local.set $at (i32.add (local.get $at) (i32.const 1)))
+    (memory.copy $own $g (local.get $at) (local.get $vp) (local.get $vs))
+    (local.set $at (i32.add (local.get $at) (local.get $vs)))
+    (i32.store8 $own (local.get $at) (i32.const 0))
+    (i32.store8 $own offset=CODES_START (local.get $count) (i32.or (local.get $op) (local.get $m)))
+    (i32.store $own offset=12 (i32.const 0) (i32.add (local.get $count) (i32.const 1)))
+    (i32.store $own (i32.const 0) (i32.sub (i32.add (local.get $at) (i32.const 1)) (i32.const TEXT_START)))
     (i32.const 1))
 """
 
 _FAST_GIVE = """
   (func $give (param $rc i32) (param $pp i32) (param $sp i32) (result i32)
-    (local $n i32) (local $p i32)
     (if (i32.ne (local.get $rc) (i32.const STAGED)) (then (return (local.get $rc))))
-    (local.set $n (i32.load $own offset=8 (i32.const 0)))
+    (call $give_from (i32.const STAGE_START) (i32.load $own offset=8 (i32.const 0)) (local.get $pp) (local.get $sp)))
+  ;; copy own [$src, $src + $n) into memory the module allocates, write pointer and size (as _return_bytes)
+  (func $give_from (param $src i32) (param $n i32) (param $pp i32) (param $sp i32) (result i32)
+    (local $p i32)
+    (if (i32.eqz (local.get $n)) (then
+      (if (i32.eqz (call $in_guest (local.get $pp) (i32.const 4))) (then (return (i32.const INVALID_MEMORY_ACCESS))))
+      (if (i32.eqz (call $in_guest (local.get $sp) (i32.const 4))) (then (return (i32.const INVALID_MEMORY_ACCESS))))
+      (i32.store $g (local.get $pp) (i32.const 0))
+      (i32.store $g (local.get $sp) (i32.const 0))
+      (return (i32.const 0))))
     (local.set $p (call $alloc (local.get $n)))
     (if (i32.eqz (local.get $p)) (then (return (i32.const INVALID_MEMORY_ACCESS))))
     (if (i32.eqz (call $in_guest (local.get $p) (local.get $n))) (then (return (i32.const INVALID_MEMORY_ACCESS))))
     (if (i32.eqz (call $in_guest (local.get $pp) (i32.const 4))) (then (return (i32.const INVALID_MEMORY_ACCESS))))
     (if (i32.eqz (call $in_guest (local.get $sp) (i32.const 4))) (then (return (i32.const INVALID_MEMORY_ACCESS))))
-    (memory.copy $g $own (local.get $p) (i32.const STAGE_START) (local.get $n))
+    (memory.copy $g $own (local.get $p) (local.get $src) (local.get $n))
     (i32.store $g (local.get $pp) (local.get $p))
     (i32.store $g (local.get $sp) (local.get $n))
     (i32.const 0))
+"""
+
+#: proxy_get_header_map_value from the read cache; -1: not cached (or a write of the key is pending): ask Python.
+_FAST_CACHE = """
+  ;; whether own [$a, $a + $n) and guest [$b, $b + $n) hold the same bytes
+  (func $same (param $a i32) (param $b i32) (param $n i32) (result i32)
+    (block $differ
+      (loop $next
+        (if (i32.eqz (local.get $n)) (then (return (i32.const 1))))
+        (br_if $differ (i32.ne (i32.load8_u $own (local.get $a)) (i32.load8_u $g (local.get $b))))
+        (local.set $a (i32.add (local.get $a) (i32.const 1)))
+        (local.set $b (i32.add (local.get $b) (i32.const 1)))
+        (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+        (br $next)))
+    (i32.const 0))
+  ;; the NUL that ends the text at own $p
+  (func $token_end (param $p i32) (result i32)
+    (block $found
+      (loop $next
+        (br_if $found (i32.eqz (i32.load8_u $own (local.get $p))))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (br $next)))
+    (local.get $p))
+  ;; whether the write log holds a write of this key on map $m (not applied yet: the cached value is stale)
+  (func $logged (param $m i32) (param $kp i32) (param $ks i32) (result i32)
+    (local $j i32) (local $count i32) (local $pos i32) (local $end i32)
+    (local.set $count (i32.load $own offset=12 (i32.const 0)))
+    (local.set $pos (i32.const TEXT_START))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $j) (local.get $count)))
+        (local.set $end (call $token_end (local.get $pos)))
+        (if (i32.and (i32.eq (i32.and (i32.load8_u $own offset=CODES_START (local.get $j)) (i32.const 2))
+                             (local.get $m))
+                     (i32.eq (i32.sub (local.get $end) (local.get $pos)) (local.get $ks)))
+          (then (if (call $same (local.get $pos) (local.get $kp) (local.get $ks)) (then (return (i32.const 1))))))
+        (local.set $pos (i32.add (call $token_end (i32.add (local.get $end) (i32.const 1))) (i32.const 1)))
+        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+        (br $next)))
+    (i32.const 0))
+  (func $cached_get (param $m i32) (param $kp i32) (param $ks i32) (param $pp i32) (param $sp i32) (result i32)
+    (local $w i32) (local $n i32) (local $i i32) (local $at i32) (local $size i32) (local $v i32)
+    (local.set $w (i32.load $own offset=16 (i32.const 0)))
+    (if (i32.eqz (local.get $w)) (then (return (i32.const -1))))
+    (if (i32.eqz (call $in_guest (local.get $kp) (local.get $ks))) (then (return (i32.const -1))))
+    (local.set $n (i32.shr_u (local.get $w) (i32.const 8)))
+    (local.set $at (select (i32.const TABLE_REQUEST) (i32.const TABLE_RESPONSE)
+                           (i32.eq (i32.and (local.get $w) (i32.const 255)) (i32.const 1))))
+    (block $hit
+      (loop $next
+        (if (i32.ge_u (local.get $i) (local.get $n)) (then (return (i32.const -1))))
+        (local.set $size (i32.load $own offset=4 (local.get $at)))
+        (if (i32.and (i32.eq (i32.load $own (local.get $at)) (local.get $m)) (i32.eq (local.get $size) (local.get $ks)))
+          (then (br_if $hit (call $same (i32.add (local.get $at) (i32.const 8)) (local.get $kp) (local.get $ks)))))
+        (local.set $at (i32.add (local.get $at)
+          (i32.add (i32.const 8) (i32.and (i32.add (local.get $size) (i32.const 3)) (i32.const -4)))))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br $next)))
+    (if (call $logged (local.get $m) (local.get $kp) (local.get $ks)) (then (return (i32.const -1))))
+    (if (i32.and (i32.load $own offset=20 (i32.const 0)) (i32.shl (i32.const 1) (local.get $i)))
+      (then (return (i32.const NOT_FOUND))))
+    (local.set $v (i32.const VALUES_START))
+    (block $there
+      (loop $skip
+        (br_if $there (i32.eqz (local.get $i)))
+        (local.set $v (i32.add (call $token_end (local.get $v)) (i32.const 1)))
+        (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+        (br $skip)))
+    (call $give_from (local.get $v) (i32.sub (call $token_end (local.get $v)) (local.get $v))
+                     (local.get $pp) (local.get $sp)))
 """
 
 
@@ -142,11 +251,16 @@ def fast_wat(names: list[str]) -> str:
         parts.append(f'  (import "metaproxy_host" "{name}" (func $py{i} {_WAT_SIG[abi.ENV_FUNCTIONS[name]]}))\n')
     parts.append(_FAST_HEAD)
     if any(n in WRITES for n in names):
-        parts.append(_FAST_WRITE.replace("LOG_START_PLUS_19", str(LOG_START + 19))
-                     .replace("LOG_START", str(LOG_START)).replace("LOG_END", str(LOG_END)))
+        parts.append(_FAST_WRITE.replace("TEXT_START_PLUS_2", str(TEXT_START + 2))
+                     .replace("TEXT_START", str(TEXT_START)).replace("TEXT_END", str(TEXT_END))
+                     .replace("CODES_START", str(CODES_START)).replace("CODES_MAX", str(CODES_END - CODES_START)))
     if staged:
         parts.append(_FAST_GIVE.replace("STAGE_START", str(STAGE_START)).replace("STAGED", str(STAGED - 2**32))
                      .replace("INVALID_MEMORY_ACCESS", str(abi.INVALID_MEMORY_ACCESS)))
+    if CACHED_GET in staged:
+        parts.append(_FAST_CACHE.replace("TEXT_START", str(TEXT_START)).replace("CODES_START", str(CODES_START))
+                     .replace("TABLE_REQUEST", str(CACHE_TABLES[0])).replace("TABLE_RESPONSE", str(CACHE_TABLES[1]))
+                     .replace("VALUES_START", str(CACHE_VALUES_START)).replace("NOT_FOUND", str(abi.NOT_FOUND)))
     for i, name in enumerate(names):
         sig = _WAT_SIG[abi.ENV_FUNCTIONS[name]]
         arity = len(abi.ENV_FUNCTIONS[name].split(":")[0])
@@ -155,6 +269,11 @@ def fast_wat(names: list[str]) -> str:
             op = 1 if name == "proxy_add_header_map_value" else 0
             body = (f"(if (call $record (i32.const {op}) {args}) (then (return (i32.const 0))))\n"
                     f"    (call $py{i} {args})")
+        elif name == CACHED_GET:  # from the read cache when the key is in it, else as the other gets
+            body = (f"(local.set {arity} (call $cached_get {args}))\n"
+                    f"    (if (i32.ne (local.get {arity}) (i32.const -1)) (then (return (local.get {arity}))))\n"
+                    f"    (call $give (call $py{i} {args}) (local.get {arity - 2}) (local.get {arity - 1}))")
+            sig += " (local i32)"
         else:  # the last two arguments are the (pointer, size) out-pointers
             body = f"(call $give (call $py{i} {args}) (local.get {arity - 2}) (local.get {arity - 1}))"
         parts.append(f'  (func (export "{name}") {sig}\n    {body})\n')
@@ -181,7 +300,7 @@ class ShimBuffer:
         size = memory.data_len(store)
         base = ctypes.addressof(memory.data_ptr(store).contents)
         self.view = memoryview((ctypes.c_ubyte * size).from_address(base)).cast("B")
-        self.words = self.view[:LOG_START].cast("I")
+        self.words = self.view[:WORDS_END].cast("I")
 
 
 def instantiate_router(linker: wasmtime.Linker, store: wasmtime.Store, shim: ShimModules) -> Any:

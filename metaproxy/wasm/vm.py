@@ -346,7 +346,8 @@ class WasmVm:
         self.broken = f"{trap.kind}: {trap.message}"
         self.host.streams.clear()
         self.host.current = None
-        self.host.words[0] = self.host.words[1] = 0  # writes recorded by the failed call are dropped
+        words = self.host.words
+        words[0] = words[1] = words[3] = words[4] = 0  # writes recorded by the failed call are dropped
 
     # -- per request ---------------------------------------------------------------------------------------
     def request_headers(self, rctx: Any) -> tuple[Stream, ProxyError | None]:
@@ -367,6 +368,9 @@ class WasmVm:
         action = abi.ACTION_CONTINUE
         if self.has_request:
             host.set_current(stream)  # header writes may be recorded by the shim (shim.py) meanwhile
+            host.phase = 0
+            if host.cache_keys[0]:
+                host.fill_cache(rctx, 0)  # reads of keys read before are answered in WebAssembly
             if self._fuel or monotonic() >= self._armed_until:
                 self._arm()
             try:
@@ -398,6 +402,9 @@ class WasmVm:
         host = self.host
         stream.ctx = rctx
         host.set_current(stream)
+        host.phase = 1
+        if host.cache_keys[1]:
+            host.fill_cache(rctx, 1)
         if self._fuel or monotonic() >= self._armed_until:
             self._arm()
         try:

@@ -115,6 +115,8 @@ def script(d: Driver) -> list:
     seen.append(d.call("replace", 99, *d.put("k"), *d.put("v")))  # BAD_ARGUMENT
     seen.append(d.call("replace", REQ, *d.put("k"), 0xFFFFFF00, 64))  # INVALID_MEMORY_ACCESS
     seen.append(d.call("replace", REQ, *d.put("x-big"), *d.put("b" * 70000)))  # larger than the log
+    seen.append(d.call("replace", REQ, *d.put("x-nul"), *d.put(b"a\0b")))  # a NUL: not recorded, to Python
+    seen.append(d.call("add", RESP, *d.put("x-early-add"), *d.put("1")))  # response map, before the response
     seen.append(d.call("replace", RESP, *d.put("x-early"), *d.put("r")))  # no response yet: the mutation only
     seen += [d.get(REQ, "x-user"), d.get(REQ, "x-new"), d.get(REQ, "method"), d.get(REQ, "absent"),
              d.get(REQ, "x-bin"), d.get(abi.MAP_REQUEST_TRAILERS, "k"), d.get(REQ, "method", out=(0xFFFFFF00, 8))]
@@ -224,3 +226,54 @@ def test_the_shim_can_be_turned_off_in_the_filter_config():
     assert spec.host_shim is False
     with pytest.raises(ValueError, match="host_shim"):
         parse_options({"module": sample("add_header"), "vm_config": {"host_shim": "maybe"}}, env())
+
+
+def enter(d: Driver, ctx, phase: int = 0) -> Stream:
+    """What the VM does at a phase entry: the request current, the read cache filled."""
+    stream = Stream(2, ctx, d.vm.generation)
+    d.on(stream)
+    d.host.phase = phase
+    if d.host.cache_keys[phase]:
+        d.host.fill_cache(ctx, phase)
+    return stream
+
+
+def cached_reads(d: Driver) -> list:
+    """Reads of keys read before, across requests and phases; the observable results."""
+    seen: list = []
+    for method, extra in (("first", {}), ("second", {"x-opt": ""}), ("third", {"x-opt": "set"})):
+        ctx = request(method, **extra)
+        enter(d, ctx, 0)
+        seen += [d.get(REQ, "method"), d.get(REQ, "x-opt"), d.get(REQ, "request_id"), d.get(RESP, "x-r")]
+        out = d.out()
+        seen.append((d.call("add_then_get", *d.put("method"), *d.put("mine"), *out), d.returned(out)))
+        seen.append(d.get(REQ, "method"))  # after the write was applied
+        respond(ctx, **{"x-r": method})
+        enter(d, ctx, 1)
+        seen += [d.get(RESP, "x-r"), d.get(REQ, "method"), d.get(REQ, "x-opt", out=(0xFFFFFF00, 8))]
+        seen.append((dict(ctx.mutation), dict(ctx.response_mutation)))
+        d.on(None)
+    return seen
+
+
+def test_reads_of_keys_read_before_are_answered_like_the_python_host_function(drivers):
+    fast, plain = drivers
+    assert cached_reads(fast) == cached_reads(plain)
+    assert {key for _, key in fast.host.cache_keys[0]} == {"method", "x-opt", "request_id", "x-r"}
+    assert fast.host.cache_keys[0][3] == (RESP, "x-r")
+
+
+def test_a_cached_read_does_not_call_python(drivers):
+    fast, _ = drivers
+    enter(fast, request("one"), 0)
+    assert fast.get(REQ, "method") == (abi.OK, b"one")  # Python answers, and learns the key
+    ctx = request("two", **{"x-nul": "a\0b"})
+    enter(fast, ctx, 0)
+    assert fast.host.words[4] != 0
+    ctx.metadata["method"] = "changed behind the host's back"  # only Python would see this
+    assert fast.get(REQ, "method") == (abi.OK, b"two")
+    fast.host.words[4] = 0  # no cache: Python answers
+    assert fast.get(REQ, "method") == (abi.OK, b"changed behind the host's back")
+    fast.get(REQ, "x-nul")  # learned; its value holds a NUL, so no cache is written for it
+    enter(fast, ctx, 0)
+    assert fast.host.words[4] == 0 and fast.get(REQ, "x-nul") == (abi.OK, b"a\0b")
