@@ -62,6 +62,7 @@ _store = dict.__setitem__
 _OK, _NOT_FOUND = abi.OK, abi.NOT_FOUND
 _REQUEST_MAP, _RESPONSE_MAP = abi.MAP_REQUEST_HEADERS, abi.MAP_RESPONSE_HEADERS
 _ADD_BIT, _RESPONSE_BIT = ADD_BIT, RESPONSE_BIT
+_CACHE_VALUES_MAX = CACHE_VALUES_END - CACHE_VALUES_START
 
 
 def error_kind_for(status: int, grpc_status: int) -> ErrorType:
@@ -83,17 +84,19 @@ class Stream:
     ``ctx`` (the RequestContext) is set only while a callback for this stream
     runs: the request's ``ctx.scratch`` holds the stream's sentinel, and a
     reference back would keep both alive after the request is gone.
+    The VM makes one per request without calling ``__init__`` (a Python frame
+    less): it sets ``context_id``, ``ctx`` and ``generation``; the other fields
+    start as the class defaults below.
     """
 
-    __slots__ = ("context_id", "ctx", "local_reply", "continued", "generation", "finished", "__weakref__")
+    local_reply: ProxyError | None = None
+    continued = False
+    finished = False
 
     def __init__(self, context_id: int, ctx: Any, generation: int) -> None:
         self.context_id = context_id
         self.ctx = ctx
-        self.local_reply: ProxyError | None = None
-        self.continued = False
         self.generation = generation
-        self.finished = False
 
 
 class Identity:
@@ -162,8 +165,9 @@ class AbiHost:
         #: Per phase, the (map type, key) pairs the module read in that phase: the read cache's keys, in the
         #: order of the shim's table; their raw key bytes (a set, to learn each once); where the table ends.
         self.cache_keys: tuple[list[tuple[int, str]], list[tuple[int, str]]] = ([], [])
-        self._cache_known: tuple[set[tuple[int, bytes]], set[tuple[int, bytes]]] = (set(), set())
-        self._cache_table_end = list(CACHE_TABLES)
+        self._cache_known: tuple[dict[tuple[int, bytes], str], dict[tuple[int, bytes], str]] = ({}, {})
+        #: Per phase, (request map keys, response map keys): the order of the table and of the values.
+        self._cache_split: list[tuple[list[str], list[str]]] = [([], []), ([], [])]
 
     def attach_shim(self, shim: ShimBuffer | None) -> None:
         """Use ``shim`` (installed after the module started) for recorded writes and staged answers."""
@@ -189,50 +193,72 @@ class AbiHost:
         that key is still in its log; Python drops the cache whenever it changes a map
         (:meth:`apply_writes`, the write functions) or the current context changes.
         """
-        values = []
-        missing = 0
-        bit = 1
-        for map_type, key in self.cache_keys[phase]:
-            if map_type == _REQUEST_MAP:
-                metadata, value = ctx.metadata, ctx.mutation.get(key)
-            else:
-                metadata, value = ctx.response_metadata, ctx.response_mutation.get(key)
-            if value is None:
-                value = metadata.get(key) if metadata is not None else None
+        request_keys, response_keys = self._cache_split[phase]
+        values: list[str] = []
+        append = values.append
+        missing = 0  # bit i: key i has no value
+        if request_keys:
+            get, metadata = ctx.mutation.get, ctx.metadata
+            for key in request_keys:
+                value = get(key)
                 if value is None:
-                    missing |= bit
-                    value = ""
-                elif type(value) is not str:
-                    value = as_str(value)
-            values.append(value)
-            bit <<= 1
+                    value = metadata.get(key)
+                    if value is None:
+                        missing |= 1 << len(values)
+                        value = ""
+                    elif type(value) is not str:
+                        value = as_str(value)
+                append(value)
+        if response_keys:
+            get, metadata = ctx.response_mutation.get, ctx.response_metadata
+            for key in response_keys:
+                value = get(key)
+                if value is None:
+                    value = metadata.get(key) if metadata is not None else None
+                    if value is None:
+                        missing |= 1 << len(values)
+                        value = ""
+                    elif type(value) is not str:
+                        value = as_str(value)
+                append(value)
         count = len(values)
-        values.append("")  # every value is followed by a NUL
+        append("")  # every value is followed by a NUL
         try:
             blob = "\0".join(values).encode("utf-8")
         except UnicodeEncodeError:
             return  # text UTF-8 cannot carry: reads go to Python (which fails them as before)
-        if blob.count(b"\0") != count or len(blob) > CACHE_VALUES_END - CACHE_VALUES_START:
+        size = len(blob)
+        if size > _CACHE_VALUES_MAX or blob.count(b"\0") != count:
             return  # a value holding a NUL, or too much
-        self.shim.view[CACHE_VALUES_START:CACHE_VALUES_START + len(blob)] = blob  # type: ignore[union-attr]
+        self.shim.view[CACHE_VALUES_START:CACHE_VALUES_START + size] = blob  # type: ignore[union-attr]
         words = self.words
         words[5] = missing
         words[4] = (phase + 1) | (count << 8)
 
     def _learn(self, map_type: int, raw: bytes, key: str) -> None:
-        """Add a key the module read to this phase's read cache (once; up to CACHE_KEYS_MAX keys)."""
+        """Add a key the module read to this phase's read cache (once; up to CACHE_KEYS_MAX keys).
+
+        The shim's table lists the request map's keys, then the response map's, as
+        :meth:`fill_cache` writes their values: it is rewritten whole (a key is learned once).
+        """
         phase = self.phase
         known = self._cache_known[phase]
         if (map_type, raw) in known or len(known) >= CACHE_KEYS_MAX or len(raw) > CACHE_KEY_MAX:
             return
-        known.add((map_type, raw))
-        at = self._cache_table_end[phase]
+        known[(map_type, raw)] = key
         view = self.shim.view  # type: ignore[union-attr]
-        _U32.pack_into(view, at, map_type)
-        _U32.pack_into(view, at + 4, len(raw))
-        view[at + 8:at + 8 + len(raw)] = raw
-        self._cache_table_end[phase] = at + 8 + ((len(raw) + 3) & -4)
-        self.cache_keys[phase].append((map_type, key))
+        at = CACHE_TABLES[phase]
+        ordered = [(m, r, k) for (m, r), k in known.items() if m == _REQUEST_MAP]
+        ordered += [(m, r, k) for (m, r), k in known.items() if m != _REQUEST_MAP]
+        for entry_map, entry_raw, _ in ordered:
+            _U32.pack_into(view, at, entry_map)
+            _U32.pack_into(view, at + 4, len(entry_raw))
+            view[at + 8:at + 8 + len(entry_raw)] = entry_raw
+            at += 8 + ((len(entry_raw) + 3) & -4)
+        self.cache_keys[phase][:] = [(m, k) for m, _, k in ordered]
+        self._cache_split[phase] = ([k for m, _, k in ordered if m == _REQUEST_MAP],
+                                    [k for m, _, k in ordered if m != _REQUEST_MAP])
+        self.words[4] = 0  # the table changed under the values of this entry
 
     def apply_writes(self) -> None:
         """Apply, in order, the header writes the shim recorded, to the current request (then forget them).

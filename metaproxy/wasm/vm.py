@@ -51,6 +51,7 @@ from metaproxy.wasm.native import (
 from metaproxy.wasm.shim import ShimModules, install, instantiate_router, routed_names
 
 ROOT_CONTEXT_ID = 1
+_new_stream = object.__new__
 
 #: [number of forks this process descends from]: bumped in the child, so a VM made before a fork is
 #: recognised as not ours. A list cell, read on every request: cheaper than ``os.getpid()`` (a system call).
@@ -162,6 +163,12 @@ class WasmVm:
         self._next_stream_id = ROOT_CONTEXT_ID
         self._armed_until = 0.0
         self._fuel = spec.fuel
+        #: Set (by the periodic check in _arm) when the linear memory has used most of what memory_limit
+        #: left it at start: the filter then rebuilds the instance between requests (filter.py), before a
+        #: module whose memory only grows reaches the cap and fails a request. ``renew_now``: most of it.
+        self.renew = False
+        self.renew_now = False
+        self._renew_soft = self._renew_hard = 0
         self._start()
 
     # -- building ------------------------------------------------------------------------------------
@@ -275,6 +282,11 @@ class WasmVm:
         finally:
             if host.logs:
                 host.flush_logs()
+        started = host.memory.size()  # type: ignore[union-attr]
+        room = spec.memory_limit - started
+        self._renew_soft = started + room * 3 // 4 if room > 0 else 0
+        self._renew_hard = started + room * 7 // 8 if room > 0 else 0
+        self.renew = self.renew_now = False
 
     def _startup_calls(self, funcs: dict[str, GuestFunction]) -> None:
         spec = self.spec
@@ -326,8 +338,18 @@ class WasmVm:
                 self._armed_until = now + timeout * 0.25
                 if self._log_threshold is not None:
                     self._sync_log_threshold()
+                if self._renew_soft:
+                    self._check_memory()
         if self._fuel:
             set_fuel(self.ctx, self._fuel)
+
+    def _check_memory(self) -> None:
+        """Flag the instance for renewal when its memory has used 3/4 of the room memory_limit left it at start
+        (7/8: renew even with requests in flight). Runs with the deadline renewal, every ``timeout / 4``."""
+        size = self.host.memory.size() if self.host.memory is not None else 0
+        if size >= self._renew_soft:
+            self.renew = True
+            self.renew_now = size >= self._renew_hard
 
     def _sync_log_threshold(self) -> None:
         """Tell the log shim the current level (the logger's level may change at run time)."""
@@ -363,11 +385,20 @@ class WasmVm:
                 raise WasmTrap("trap", f"the instance broke finishing an earlier request: {self.broken}")
         host = self.host
         context_id = self._next_stream_id = self._next_stream_id + 1
-        stream = Stream(context_id, rctx, self.generation)
+        stream = _new_stream(Stream)  # no Python __init__: the three per-request fields, the rest class defaults
+        stream.context_id = context_id
+        stream.ctx = rctx
+        stream.generation = self.generation
         host.streams[context_id] = stream
         action = abi.ACTION_CONTINUE
         if self.has_request:
-            host.set_current(stream)  # header writes may be recorded by the shim (shim.py) meanwhile
+            # host.set_current(stream), written out: header writes may be recorded by the shim meanwhile
+            words = host.words
+            if words[0]:
+                host.apply_writes()
+            host.current = stream
+            words[1] = 1
+            words[4] = 0
             host.phase = 0
             if host.cache_keys[0]:
                 host.fill_cache(rctx, 0)  # reads of keys read before are answered in WebAssembly
@@ -379,19 +410,26 @@ class WasmVm:
                 self._trapped(trap)
                 raise
             finally:
-                host.set_current(None)  # applies the writes the shim recorded
+                # host.set_current(None), written out: applies the writes the shim recorded
+                words = host.words
+                if words[0]:
+                    host.apply_writes()
+                host.current = None
+                words[1] = words[4] = 0
                 stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
                 if host.logs:
                     host.flush_logs()
         else:
             stream.ctx = None
         reply = stream.local_reply
-        if reply is None and action == abi.ACTION_PAUSE and not stream.continued:
-            reply = ProxyError(ErrorType.UNSPECIFIED,
-                               f"wasm filter {self.identity.plugin_name} paused the request; "
-                               "asynchronous continuation is not supported")
-        if reply is not None or not self.tracks_streams:
-            self.finish(stream)
+        if reply is None:
+            if action == abi.ACTION_PAUSE and not stream.continued:
+                reply = ProxyError(ErrorType.UNSPECIFIED,
+                                   f"wasm filter {self.identity.plugin_name} paused the request; "
+                                   "asynchronous continuation is not supported")
+            elif self.tracks_streams:
+                return stream, None
+        self.finish(stream)
         return stream, reply
 
     def response_headers(self, stream: Stream, rctx: Any) -> None:
@@ -401,7 +439,12 @@ class WasmVm:
         stream.finished = True
         host = self.host
         stream.ctx = rctx
-        host.set_current(stream)
+        words = host.words  # host.set_current(stream), written out
+        if words[0]:
+            host.apply_writes()
+        host.current = stream
+        words[1] = 1
+        words[4] = 0
         host.phase = 1
         if host.cache_keys[1]:
             host.fill_cache(rctx, 1)
@@ -414,7 +457,11 @@ class WasmVm:
             self._trapped(trap)
             raise
         finally:
-            host.set_current(None)
+            words = host.words  # host.set_current(None), written out
+            if words[0]:
+                host.apply_writes()
+            host.current = None
+            words[1] = words[4] = 0
             stream.ctx = None
             if host.logs:
                 host.flush_logs()
