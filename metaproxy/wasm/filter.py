@@ -140,6 +140,7 @@ class WasmFilter(Filter):
         self.traps = store.counter(scope, "traps")
         self.rebuilds = store.counter(scope, "rebuilds")
         self.unavailable = store.counter(scope, "unavailable")
+        self.renewals = store.counter(scope, "renewals")
         try:
             self._vm = WasmVm(self.spec, self.metrics, log)
         except WasmModuleError as exc:
@@ -159,6 +160,8 @@ class WasmFilter(Filter):
             self._vm = vm = WasmVm(self.spec, self.metrics, log)
         if vm.finished_elsewhere and vm.broken is None:
             vm.finish_pending()  # before this request: if that traps, this request still gets a fresh VM
+        if vm.renew and vm.broken is None:
+            self._renew(vm)
         if vm.broken is None:
             return vm
         now = time.monotonic()
@@ -181,6 +184,29 @@ class WasmFilter(Filter):
         self._sync_tick()
         return vm
 
+    def _renew(self, vm: WasmVm) -> None:
+        """Rebuild an instance whose memory nears memory_limit, between requests, so that no request fails.
+
+        Why: a module whose linear memory only grows (WebAssembly memory never
+        shrinks; some SDK runtimes leak a little per request) would otherwise trap
+        on the request that reaches the cap. Done when no request is in flight on
+        the instance (their later callbacks would be skipped, as after a trap), or
+        regardless once 7/8 of the room is used. Not a failure: the crash-loop
+        budget is not charged.
+        """
+        if vm.host.streams and not vm.renew_now:
+            return  # wait for a moment without requests in flight
+        size = vm.host.memory.size() if vm.host.memory is not None else 0
+        try:
+            vm.rebuild()
+        except WasmModuleError as exc:
+            log.error("wasm filter %s: renewing the VM failed: %s", self.spec.plugin_name, exc)
+            return  # vm.broken is set: the usual rebuild path (and its budget) takes over
+        self.renewals.inc()
+        log.info("wasm filter %s: VM renewed before its memory reached memory_limit (%d of %d bytes; generation %d)",
+                 self.spec.plugin_name, size, self.spec.memory_limit, vm.generation)
+        self._sync_tick()
+
     def _failed(self, vm: WasmVm, trap: WasmTrap, ctx: RequestContext | None) -> ProxyError | None:
         self.traps.inc()
         request_id = ctx.metadata.get_str("request_id", "-") if ctx is not None else "-"
@@ -193,7 +219,7 @@ class WasmFilter(Filter):
     # -- hooks ---------------------------------------------------------------------------------------------
     def on_request(self, ctx: RequestContext) -> ProxyError | None:
         vm = self._vm
-        if vm.broken is not None or vm.finished_elsewhere or vm.forks != FORKS[0]:
+        if vm.broken is not None or vm.finished_elsewhere or vm.forks != FORKS[0] or vm.renew:
             vm = self._ready_vm()
             if isinstance(vm, ProxyError):
                 return None if self.fail_open else vm
