@@ -33,14 +33,11 @@ from metaproxy.wasm import abi, properties
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.native import GuestExit, GuestFunction, GuestMemory
 from metaproxy.wasm.shim import (
-    ADD_BIT,
     CACHE_KEY_MAX,
     CACHE_KEYS_MAX,
     CACHE_TABLES,
     CACHE_VALUES_END,
     CACHE_VALUES_START,
-    CODES_START,
-    RESPONSE_BIT,
     STAGE_MAX,
     STAGE_START,
     STAGED,
@@ -61,7 +58,6 @@ _store = dict.__setitem__
 #: ABI codes the hottest host functions use, as plain globals (one lookup instead of two).
 _OK, _NOT_FOUND = abi.OK, abi.NOT_FOUND
 _REQUEST_MAP, _RESPONSE_MAP = abi.MAP_REQUEST_HEADERS, abi.MAP_RESPONSE_HEADERS
-_ADD_BIT, _RESPONSE_BIT = ADD_BIT, RESPONSE_BIT
 _CACHE_VALUES_MAX = CACHE_VALUES_END - CACHE_VALUES_START
 
 
@@ -155,7 +151,7 @@ class AbiHost:
         #: header writes may be recorded (a request with its maps is current), [2] staged size, [3] how many
         #: writes are recorded. A plain
         #: list while no shim is installed, so the checks below cost the same either way.
-        self.words: Any = [0] * 6
+        self.words: Any = [0] * 4
         self.shim: ShimBuffer | None = None
         #: Request phase (0) or response phase (1) of the entry under way (which read cache a read teaches).
         self.phase = 0
@@ -172,7 +168,7 @@ class AbiHost:
     def attach_shim(self, shim: ShimBuffer | None) -> None:
         """Use ``shim`` (installed after the module started) for recorded writes and staged answers."""
         self.shim = shim
-        self.words = shim.words if shim is not None else [0] * 6
+        self.words = shim.words if shim is not None else [0] * 4
         self._forget_cache()
 
     def set_current(self, stream: Stream | None) -> None:
@@ -181,8 +177,13 @@ class AbiHost:
             self.apply_writes()
         self.current = stream
         words = self.words
-        words[1] = 1 if stream is not None and stream.ctx is not None else 0
-        words[4] = 0  # the read cache holds the values of the previous context's maps
+        words[1] = 1 if stream is not None and stream.ctx is not None else 0  # (and no read cache: another context)
+
+    def _drop_cache(self) -> None:
+        """The maps (or the cache's keys) changed: reads go to Python until the next entry fills the cache."""
+        words = self.words
+        if words[1] > 1:
+            words[1] = 1
 
     def fill_cache(self, ctx: Any, phase: int) -> None:
         """Write the values of the keys the module read in this phase before, for the shim to answer reads.
@@ -232,8 +233,8 @@ class AbiHost:
             return  # a value holding a NUL, or too much
         self.shim.view[CACHE_VALUES_START:CACHE_VALUES_START + size] = blob  # type: ignore[union-attr]
         words = self.words
-        words[5] = missing
-        words[4] = (phase + 1) | (count << 8)
+        words[3] = missing
+        words[1] = 1 | (phase + 1) << 1 | count << 8
 
     def _learn(self, map_type: int, raw: bytes, key: str) -> None:
         """Add a key the module read to this phase's read cache (once; up to CACHE_KEYS_MAX keys).
@@ -258,7 +259,7 @@ class AbiHost:
         self.cache_keys[phase][:] = [(m, k) for m, _, k in ordered]
         self._cache_split[phase] = ([k for m, _, k in ordered if m == _REQUEST_MAP],
                                     [k for m, _, k in ordered if m != _REQUEST_MAP])
-        self.words[4] = 0  # the table changed under the values of this entry
+        self._drop_cache()  # the table changed under the values of this entry
 
     def apply_writes(self) -> None:
         """Apply, in order, the header writes the shim recorded, to the current request (then forget them).
@@ -272,8 +273,10 @@ class AbiHost:
         replace on the request map, the common write, is one dict store.
         """
         words = self.words
-        used, count = words[0], words[3]
-        words[0] = words[3] = words[4] = 0  # the maps change: the read cache is stale
+        used = words[0]
+        words[0] = 0
+        if words[1] > 1:
+            words[1] = 1  # the maps change: the read cache is stale
         stream = self.current
         if stream is None:
             return  # the request is gone (a trap ended the call): nothing to write to
@@ -283,21 +286,24 @@ class AbiHost:
         view = self.shim.view  # type: ignore[union-attr]  # words[0] is non-zero only with a shim
         texts = iter(view[TEXT_START:TEXT_START + used].tobytes().decode("utf-8", "replace").split("\0"))
         request = ctx.mutation
-        for code, key, value in zip(view[CODES_START:CODES_START + count].tobytes(), texts, texts, strict=False):
-            if not code:
+        for letter, key, value in zip(texts, texts, texts, strict=False):
+            if letter == "a":  # a replace on the request map: the common write
                 _store(request, key, value)
-                continue
-            if code & _RESPONSE_BIT:
-                mutation, metadata = ctx.response_mutation, ctx.response_metadata
-            else:
-                mutation, metadata = request, ctx.metadata
-            if code & _ADD_BIT:
+            elif letter == "c":  # a replace on the response map
+                _store(ctx.response_mutation, key, value)
+            else:  # an add ("b" request map, "d" response map): folds into the value the module sees
+                if letter == "b":
+                    mutation, metadata = request, ctx.metadata
+                else:
+                    mutation, metadata = ctx.response_mutation, ctx.response_metadata
                 old = mutation.get(key)
                 if old is None and metadata is not None:
-                    old = metadata.get_str(key)
+                    old = metadata.get(key)
+                    if old is not None and type(old) is not str:
+                        old = as_str(old)
                 if old is not None:
                     value = f"{old},{value}"  # one value per key: fold like repeated HTTP headers
-            _store(mutation, key, value)
+                _store(mutation, key, value)
 
     def _give(self, data: bytes, ptr_ptr: int, size_ptr: int) -> int:
         """Return ``data`` to the module: through the shim's staging area when it is installed, else as before."""
@@ -513,7 +519,7 @@ class AbiHost:
         except ValueError:
             return abi.BAD_ARGUMENT
         metadata, mutation = maps
-        self.words[4] = 0  # the read cache is stale
+        self._drop_cache()
         for key in [k for k in mutation if k not in wanted]:
             del mutation[key]
         for key, value in wanted.items():
@@ -574,7 +580,7 @@ class AbiHost:
         view = memory.view  # type: ignore[union-attr]
         key = view[key_ptr:key_end].tobytes().decode("utf-8", "replace")
         value = view[value_ptr:value_end].tobytes().decode("utf-8", "replace")
-        self.words[4] = 0  # the read cache is stale
+        self._drop_cache()
         if map_type == _REQUEST_MAP:
             mutation = ctx.mutation
             if append:
@@ -601,7 +607,7 @@ class AbiHost:
         key = self._read_str(key_ptr, key_size)
         if key is None:
             return abi.INVALID_MEMORY_ACCESS
-        self.words[4] = 0  # the read cache is stale
+        self._drop_cache()
         maps[1].pop(key, None)
         return abi.OK
 

@@ -14,9 +14,9 @@ host functions in :data:`ROUTED` that a module imports:
   the guest call returns (:meth:`ShimBuffer.drain`). Anything else (no request
   current, another map, a pointer out of bounds, a full log, a NUL) goes to the Python
   function, which applies the log first: what a module can observe is unchanged.
-  The log keeps one code byte per write and the texts of all writes, each
-  followed by a NUL, so Python decodes every pending write with one ``decode``
-  and one ``split`` (a key or value holding a NUL goes to Python instead).
+  The log holds, per write, a code letter, the key and the value, each followed
+  by a NUL, so Python decodes every pending write with one ``decode`` and one
+  ``split`` (a key or value holding a NUL goes to Python instead).
 * ``proxy_get_header_map_value``, ``proxy_get_header_map_pairs`` and
   ``proxy_get_property`` call Python, which, instead of calling the module's
   allocator itself, may leave the bytes in the shim's staging area and answer
@@ -49,15 +49,18 @@ ROUTED = WRITES + STAGED_GETS
 CACHED_GET = "proxy_get_header_map_value"
 #: Status a Python host function returns to the fast shim: "the answer is in the staging area".
 STAGED = 0xFFFFFF00
-#: Shim memory layout (three 64 KiB pages, fixed): words, the write log (one code byte per write, then the
-#: texts of all writes); the staging area; the read cache (a table of keys per phase, then their values).
-USED_WORD, ACTIVE_WORD, STAGED_SIZE_WORD, COUNT_WORD = 0, 1, 2, 3  # u32 indices
-#: [4]: 0 (no cached values), else the phase's table (1 request, 2 response) | number of cached keys << 8;
-#: [5]: bit i set when cached key i has no value (NOT_FOUND).
-CACHE_WORD, MISSING_WORD = 4, 5
+#: Shim memory layout (three 64 KiB pages, fixed): words, the write log; the staging area; the read cache
+#: (a table of keys per phase, then their values).
+#: [0] bytes in the write log (0: no write pending); [1] 0: no request current, 1: a request is current (its
+#: writes may be recorded), more: also its read cache is filled: 1 | table << 1 (1 request phase, 2 response
+#: phase) | number of cached keys << 8; [2] size of a staged answer; [3] bit i: cached key i has no value.
+USED_WORD, STATE_WORD, STAGED_SIZE_WORD, MISSING_WORD = 0, 1, 2, 3  # u32 indices
 WORDS_END = 64
-CODES_START, CODES_END = 64, 1024
-TEXT_START, TEXT_END = 1024, 65536
+#: The write log: per write a code letter, its key, its value, each followed by a NUL (a key or value holding a
+#: NUL goes to Python). Code letter: "a" + (1 for an add, else a replace) + (2 for the response map), so
+#: "a" replace on the request map, "b" add on it, "c" replace on the response map, "d" add on it.
+TEXT_START, TEXT_END = 64, 65536
+CODE_LETTER = ord("a")
 STAGE_START, STAGE_END = 65536, 131072
 STAGE_MAX = STAGE_END - STAGE_START
 #: Read cache: per phase, a table of the keys the module read in that phase before, entries of (map type u32,
@@ -67,9 +70,6 @@ CACHE_TABLES = (131072, 135168)  # request phase, response phase
 CACHE_TABLE_SIZE = 4096
 CACHE_KEYS_MAX, CACHE_KEY_MAX = 16, 240
 CACHE_VALUES_START, CACHE_VALUES_END = 139264, 196608
-#: A write's code byte: bit 0 set for an add (clear: a replace), bit 1 for the response map (clear: request).
-#: Its key and value are in the text area, each followed by a NUL (a key or value holding a NUL goes to Python).
-ADD_BIT, RESPONSE_BIT = 1, 2
 
 _WAT_SIG = {"iiiii:i": "(param i32 i32 i32 i32 i32) (result i32)", "iiii:i": "(param i32 i32 i32 i32) (result i32)",
             "iii:i": "(param i32 i32 i32) (result i32)"}
@@ -117,22 +117,23 @@ _FAST_WRITE = """
     (i32.const 0))
   (func $record (param $op i32) (param $m i32) (param $kp i32) (param $ks i32) (param $vp i32) (param $vs i32)
     (result i32)
-    (local $used i32) (local $count i32) (local $at i32)
+    (local $used i32) (local $at i32)
     (if (i32.eqz (i32.load $own offset=4 (i32.const 0))) (then (return (i32.const 0))))
     (if (i32.and (i32.ne (local.get $m) (i32.const 0)) (i32.ne (local.get $m) (i32.const 2)))
       (then (return (i32.const 0))))
     (if (i32.eqz (call $in_guest (local.get $kp) (local.get $ks))) (then (return (i32.const 0))))
     (if (i32.eqz (call $in_guest (local.get $vp) (local.get $vs))) (then (return (i32.const 0))))
-    (local.set $count (i32.load $own offset=12 (i32.const 0)))
-    (if (i32.ge_u (local.get $count) (i32.const CODES_MAX)) (then (return (i32.const 0))))
     (local.set $used (i32.load $own (i32.const 0)))
-    (if (i64.gt_u (i64.add (i64.add (i64.extend_i32_u (local.get $used)) (i64.const TEXT_START_PLUS_2))
+    (if (i64.gt_u (i64.add (i64.add (i64.extend_i32_u (local.get $used)) (i64.const TEXT_START_PLUS_4))
                            (i64.add (i64.extend_i32_u (local.get $ks)) (i64.extend_i32_u (local.get $vs))))
                   (i64.const TEXT_END))
       (then (return (i32.const 0))))
     (if (call $has_nul (local.get $kp) (local.get $ks)) (then (return (i32.const 0))))
     (if (call $has_nul (local.get $vp) (local.get $vs)) (then (return (i32.const 0))))
     (local.set $at (i32.add (local.get $used) (i32.const TEXT_START)))
+    (i32.store8 $own (local.get $at) (i32.add (i32.const CODE_LETTER) (i32.or (local.get $op) (local.get $m))))
+    (i32.store8 $own offset=1 (local.get $at) (i32.const 0))
+    (local.set $at (i32.add (local.get $at) (i32.const 2)))
     (memory.copy $own $g (local.get $at) (local.get $kp) (local.get $ks))
     (local.set $at (i32.add (local.get $at) (local.get $ks)))
     (i32.store8 $own (local.get $at) (i32.const 0))
@@ -140,8 +141,6 @@ _FAST_WRITE = """
     (memory.copy $own $g (local.get $at) (local.get $vp) (local.get $vs))
     (local.set $at (i32.add (local.get $at) (local.get $vs)))
     (i32.store8 $own (local.get $at) (i32.const 0))
-    (i32.store8 $own offset=CODES_START (local.get $count) (i32.or (local.get $op) (local.get $m)))
-    (i32.store $own offset=12 (i32.const 0) (i32.add (local.get $count) (i32.const 1)))
     (i32.store $own (i32.const 0) (i32.sub (i32.add (local.get $at) (i32.const 1)) (i32.const TEXT_START)))
     (i32.const 1))
 """
@@ -193,29 +192,30 @@ _FAST_CACHE = """
     (local.get $p))
   ;; whether the write log holds a write of this key on map $m (not applied yet: the cached value is stale)
   (func $logged (param $m i32) (param $kp i32) (param $ks i32) (result i32)
-    (local $j i32) (local $count i32) (local $pos i32) (local $end i32)
-    (local.set $count (i32.load $own offset=12 (i32.const 0)))
+    (local $pos i32) (local $end i32) (local $key_end i32)
     (local.set $pos (i32.const TEXT_START))
+    (local.set $end (i32.add (i32.const TEXT_START) (i32.load $own (i32.const 0))))
     (block $done
       (loop $next
-        (br_if $done (i32.ge_u (local.get $j) (local.get $count)))
-        (local.set $end (call $token_end (local.get $pos)))
-        (if (i32.and (i32.eq (i32.and (i32.load8_u $own offset=CODES_START (local.get $j)) (i32.const 2))
+        (br_if $done (i32.ge_u (local.get $pos) (local.get $end)))
+        (local.set $key_end (call $token_end (i32.add (local.get $pos) (i32.const 2))))
+        (if (i32.and (i32.eq (i32.and (i32.sub (i32.load8_u $own (local.get $pos)) (i32.const CODE_LETTER))
+                                      (i32.const 2))
                              (local.get $m))
-                     (i32.eq (i32.sub (local.get $end) (local.get $pos)) (local.get $ks)))
-          (then (if (call $same (local.get $pos) (local.get $kp) (local.get $ks)) (then (return (i32.const 1))))))
-        (local.set $pos (i32.add (call $token_end (i32.add (local.get $end) (i32.const 1))) (i32.const 1)))
-        (local.set $j (i32.add (local.get $j) (i32.const 1)))
+                     (i32.eq (i32.sub (local.get $key_end) (i32.add (local.get $pos) (i32.const 2))) (local.get $ks)))
+          (then (if (call $same (i32.add (local.get $pos) (i32.const 2)) (local.get $kp) (local.get $ks))
+                  (then (return (i32.const 1))))))
+        (local.set $pos (i32.add (call $token_end (i32.add (local.get $key_end) (i32.const 1))) (i32.const 1)))
         (br $next)))
     (i32.const 0))
   (func $cached_get (param $m i32) (param $kp i32) (param $ks i32) (param $pp i32) (param $sp i32) (result i32)
     (local $w i32) (local $n i32) (local $i i32) (local $at i32) (local $size i32) (local $v i32)
-    (local.set $w (i32.load $own offset=16 (i32.const 0)))
-    (if (i32.eqz (local.get $w)) (then (return (i32.const -1))))
-    (if (i32.eqz (call $in_guest (local.get $kp) (local.get $ks))) (then (return (i32.const -1))))
+    (local.set $w (i32.load $own offset=4 (i32.const 0)))
     (local.set $n (i32.shr_u (local.get $w) (i32.const 8)))
+    (if (i32.eqz (local.get $n)) (then (return (i32.const -1))))
+    (if (i32.eqz (call $in_guest (local.get $kp) (local.get $ks))) (then (return (i32.const -1))))
     (local.set $at (select (i32.const TABLE_REQUEST) (i32.const TABLE_RESPONSE)
-                           (i32.eq (i32.and (local.get $w) (i32.const 255)) (i32.const 1))))
+                           (i32.eq (i32.and (local.get $w) (i32.const 255)) (i32.const 3))))
     (block $hit
       (loop $next
         (if (i32.ge_u (local.get $i) (local.get $n)) (then (return (i32.const -1))))
@@ -227,7 +227,7 @@ _FAST_CACHE = """
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next)))
     (if (call $logged (local.get $m) (local.get $kp) (local.get $ks)) (then (return (i32.const -1))))
-    (if (i32.and (i32.load $own offset=20 (i32.const 0)) (i32.shl (i32.const 1) (local.get $i)))
+    (if (i32.and (i32.load $own offset=12 (i32.const 0)) (i32.shl (i32.const 1) (local.get $i)))
       (then (return (i32.const NOT_FOUND))))
     (local.set $v (i32.const VALUES_START))
     (block $there
@@ -251,14 +251,14 @@ def fast_wat(names: list[str]) -> str:
         parts.append(f'  (import "metaproxy_host" "{name}" (func $py{i} {_WAT_SIG[abi.ENV_FUNCTIONS[name]]}))\n')
     parts.append(_FAST_HEAD)
     if any(n in WRITES for n in names):
-        parts.append(_FAST_WRITE.replace("TEXT_START_PLUS_2", str(TEXT_START + 2))
+        parts.append(_FAST_WRITE.replace("TEXT_START_PLUS_4", str(TEXT_START + 4))
                      .replace("TEXT_START", str(TEXT_START)).replace("TEXT_END", str(TEXT_END))
-                     .replace("CODES_START", str(CODES_START)).replace("CODES_MAX", str(CODES_END - CODES_START)))
+                     .replace("CODE_LETTER", str(CODE_LETTER)))
     if staged:
         parts.append(_FAST_GIVE.replace("STAGE_START", str(STAGE_START)).replace("STAGED", str(STAGED - 2**32))
                      .replace("INVALID_MEMORY_ACCESS", str(abi.INVALID_MEMORY_ACCESS)))
     if CACHED_GET in staged:
-        parts.append(_FAST_CACHE.replace("TEXT_START", str(TEXT_START)).replace("CODES_START", str(CODES_START))
+        parts.append(_FAST_CACHE.replace("TEXT_START", str(TEXT_START)).replace("CODE_LETTER", str(CODE_LETTER))
                      .replace("TABLE_REQUEST", str(CACHE_TABLES[0])).replace("TABLE_RESPONSE", str(CACHE_TABLES[1]))
                      .replace("VALUES_START", str(CACHE_VALUES_START)).replace("NOT_FOUND", str(abi.NOT_FOUND)))
     for i, name in enumerate(names):

@@ -369,7 +369,7 @@ class WasmVm:
         self.host.streams.clear()
         self.host.current = None
         words = self.host.words
-        words[0] = words[1] = words[3] = words[4] = 0  # writes recorded by the failed call are dropped
+        words[0] = words[1] = 0  # writes recorded by the failed call are dropped
 
     # -- per request ---------------------------------------------------------------------------------------
     def request_headers(self, rctx: Any) -> tuple[Stream, ProxyError | None]:
@@ -398,7 +398,6 @@ class WasmVm:
                 host.apply_writes()
             host.current = stream
             words[1] = 1
-            words[4] = 0
             host.phase = 0
             if host.cache_keys[0]:
                 host.fill_cache(rctx, 0)  # reads of keys read before are answered in WebAssembly
@@ -415,7 +414,7 @@ class WasmVm:
                 if words[0]:
                     host.apply_writes()
                 host.current = None
-                words[1] = words[4] = 0
+                words[1] = 0
                 stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
                 if host.logs:
                     host.flush_logs()
@@ -444,7 +443,6 @@ class WasmVm:
             host.apply_writes()
         host.current = stream
         words[1] = 1
-        words[4] = 0
         host.phase = 1
         if host.cache_keys[1]:
             host.fill_cache(rctx, 1)
@@ -461,7 +459,7 @@ class WasmVm:
             if words[0]:
                 host.apply_writes()
             host.current = None
-            words[1] = words[4] = 0
+            words[1] = 0
             stream.ctx = None
             if host.logs:
                 host.flush_logs()

@@ -269,11 +269,11 @@ def test_a_cached_read_does_not_call_python(drivers):
     assert fast.get(REQ, "method") == (abi.OK, b"one")  # Python answers, and learns the key
     ctx = request("two", **{"x-nul": "a\0b"})
     enter(fast, ctx, 0)
-    assert fast.host.words[4] != 0
+    assert fast.host.words[1] > 1  # the read cache is filled
     ctx.metadata["method"] = "changed behind the host's back"  # only Python would see this
     assert fast.get(REQ, "method") == (abi.OK, b"two")
-    fast.host.words[4] = 0  # no cache: Python answers
+    fast.host.words[1] = 1  # no cache: Python answers
     assert fast.get(REQ, "method") == (abi.OK, b"changed behind the host's back")
     fast.get(REQ, "x-nul")  # learned; its value holds a NUL, so no cache is written for it
     enter(fast, ctx, 0)
-    assert fast.host.words[4] == 0 and fast.get(REQ, "x-nul") == (abi.OK, b"a\0b")
+    assert fast.host.words[1] == 1 and fast.get(REQ, "x-nul") == (abi.OK, b"a\0b")
