@@ -7,6 +7,7 @@ metaproxy process per variant (a catch-all route, router only):
 
     off           no access log, no tracing (stats are always on: they are the baseline's)
     access_log    JSON access log to a file
+    access_log_text  the text access log of docs/observability.md's example to a file (not in the default run)
     tracing_100   tracing, console exporter to a file, every request sampled
     tracing_1     the same, 1% sampled
     all_100       access log + tracing 100%
@@ -36,9 +37,14 @@ from scenarios import LoadSpec, TinyRpcScenario  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: The text format of docs/observability.md's example.
+TEXT_FORMAT = "%START_TIME% %DURATION%ms %SERVICE%/%METHOD% %RESPONSE_STATUS% %RESPONSE_FLAGS% %UPSTREAM_HOST%"
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": {},
     "access_log": {"access_log": True},
+    "access_log_text": {"access_log": TEXT_FORMAT},
     "tracing_100": {"tracing": 1.0},
     "tracing_1": {"tracing": 0.01},
     "all_100": {"access_log": True, "tracing": 1.0},
@@ -50,7 +56,8 @@ def variant_config(name: str, upstream_port: int, port: int, workdir: Path) -> d
     spec = VARIANTS[name]
     cfg = metaproxy_config({"codec": "tinyrpc"}, upstream_port, port)
     if spec.get("access_log"):
-        cfg["access_log"] = [{"path": str(workdir / f"{name}.access.log"), "format": "json"}]
+        fmt = spec["access_log"] if isinstance(spec["access_log"], str) else "json"
+        cfg["access_log"] = [{"path": str(workdir / f"{name}.access.log"), "format": fmt}]
     if "tracing" in spec:
         cfg["tracing"] = {"service_name": "bench", "exporter": "console", "sampling_ratio": spec["tracing"],
                           "path": str(workdir / f"{name}.spans.jsonl")}
@@ -106,7 +113,7 @@ def report(rows: list[dict], stats_ns: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build", type=Path, default=ROOT / "build" / "bench", help="where the C tools are built")
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "access_log_text"))
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--depth", type=int, default=1)
     p.add_argument("--seconds", type=float, default=3.0)

@@ -56,6 +56,7 @@ def finished_requests(count: int) -> list[RequestContext]:
         md.frame = b"x" * 64
         ctx = RequestContext(md, "tinyrpc-in", "tinyrpc")
         ctx.start_time = start + i * 0.0001
+        ctx.downstream_id = i + 1  # as DownstreamConnection.begin sets it
         ctx.downstream_address = "127.0.0.1:40312"
         ctx.route = _Route()
         ctx.cluster_name, ctx.upstream_host, ctx.attempts, ctx.bytes_sent = "upstream", "127.0.0.1:9191", 1, 64

@@ -74,11 +74,12 @@ _monotonic = time.monotonic
 class Field:
     """One ``%FIELD%``: the expression that captures its raw value at request end, and how it renders.
 
-    ``capture`` is Python source over ``ctx``, ``md`` (request Metadata),
-    ``err`` (``ctx.error``), ``resp`` (response Metadata or None), ``end``
-    (monotonic end time) and ``KEY`` (the field's key, for keyed fields).
-    ``kind`` picks the conversion (:func:`_plain`). ``stable`` fields usually
-    repeat between requests and are rendered through segment caches.
+    ``capture`` is Python source over ``ctx``, ``end`` (monotonic end time),
+    ``KEY`` (the field's key, for keyed fields) and the locals of the capture
+    prelude (:data:`_PRELUDE`: ``md``, ``rid``, ``status``, ``message``,
+    ``resp``). ``kind`` picks the conversion (:func:`_plain`). ``stable``
+    fields usually repeat between requests: they are baked into a cached line
+    template (see :class:`LinePlan`); the others fill its holes.
     """
 
     __slots__ = ("name", "key", "capture", "kind", "stable")
@@ -93,23 +94,21 @@ class Field:
         return f"%{self.name}({self.key})%" if self.key is not None else f"%{self.name}%"
 
 
-_STATUS = "(err.kind if err is not None else None if resp is None else resp.get('response_status'))"
-
 #: Field name -> Field. The JSON format writes every one of them, keys in lower case, in this order.
 FIELDS: dict[str, Field] = {f.name: f for f in (
     Field("START_TIME", "ctx.start_time", "time", False),
     Field("DURATION", "end - ctx.start_time", "duration", False),
-    Field("REQUEST_ID", "md.get('request_id')", "id", False),
+    Field("REQUEST_ID", "rid", "id", False),
     Field("PROTOCOL", "ctx.protocol", "str", True),
     Field("LISTENER", "ctx.listener", "str", True),
     Field("SERVICE", "md.get('service')", "str", True),
     Field("METHOD", "md.get('method')", "str", True),
-    Field("ROUTE_NAME", "getattr(ctx.route, 'name', None)", "str", True),
+    Field("ROUTE_NAME", "route", "str", True),
     Field("UPSTREAM_CLUSTER", "ctx.cluster_name", "str", True),
     Field("UPSTREAM_HOST", "ctx.upstream_host", "str", True),
-    Field("RESPONSE_STATUS", _STATUS, "status", True),
+    Field("RESPONSE_STATUS", "status", "status", True),
     Field("RESPONSE_FLAGS", "ctx.response_flags", "str", True),
-    Field("ERROR_MESSAGE", "(None if err is None else err.message)", "str", True),
+    Field("ERROR_MESSAGE", "message", "str", True),
     Field("ATTEMPTS", "ctx.attempts", "int", True),
     Field("BYTES_RECEIVED", "ctx.bytes_received", "int", False),
     Field("BYTES_SENT", "ctx.bytes_sent", "int", False),
@@ -123,6 +122,21 @@ KEYED_FIELDS: dict[str, Field] = {
     "METADATA": Field("METADATA", "md.get_str(KEY)", "str", True),
     "RESPONSE_METADATA": Field("RESPONSE_METADATA", "(None if resp is None else resp.get_str(KEY))", "str", True),
 }
+
+#: Locals the capture expressions may use, each with the statements that bind it (in this order).
+#: ``rid`` is the id the client sent (``ctx.downstream_id``; a context made outside a connection,
+#: as in tests, has only its Metadata's). ``status``/``message`` come from the local reply's error,
+#: else from the response. ``route`` is the route's name.
+_PRELUDE: tuple[tuple[str, str], ...] = (
+    ("md", "md = ctx.metadata\n"),
+    ("rid", "rid = ctx.downstream_id\nif rid is None:\n    rid = ctx.metadata.get('request_id')\n"),
+    ("route", "route = ctx.route\nif route is not None:\n    route = route.name\n"),
+    ("resp", "resp = ctx.response_metadata\n"),
+    ("status", "err = ctx.error\nif err is None:\n    message = None\n    status = ctx.response_metadata\n"
+               "    if status is not None:\n        status = status.get('response_status')\n"
+               "else:\n    status = err.kind\n    message = err.message\n"),
+)
+_PRELUDE_NEEDS = {"message": "status"}
 
 _FIELD = re.compile(r"%([A-Z_]+)(?:\(([^()%]*)\))?%")
 
@@ -153,6 +167,8 @@ def compile_format(fmt: str) -> list[str | Field]:
 
 # -- values ----------------------------------------------------------------------
 
+#: The decimal text of small ints (durations in ms, sizes): a tuple lookup instead of a conversion.
+_NUMBERS = tuple(str(i) for i in range(2048))
 #: ".000Z" ... ".999Z", and once more ".999Z" for a fraction whose product rounds up to 1000.
 _MILLIS = tuple(f".{i:03d}Z" for i in range(1000)) + (".999Z",)
 
@@ -239,7 +255,7 @@ def _json(kind: str, value: Any, clock: _WallClock) -> str:
 # -- compiled plans --------------------------------------------------------------
 
 class _Segments(dict):  # type: ignore[type-arg]
-    """Captured values of a segment -> its rendered text; a miss renders it (bounded size).
+    """Captured values of the stable fields -> their rendering; a miss renders it (bounded size).
 
     Keys compare by value, so ``1`` and ``True`` (or ``1.0``) in the same field
     share one rendering; no field of the request holds such mixed types.
@@ -259,30 +275,22 @@ class _Segments(dict):  # type: ignore[type-arg]
         return text
 
 
-class _Uncached:
-    """A segment table that renders every time (for values that cannot be dict keys)."""
-
-    __slots__ = ("render",)
-
-    def __init__(self, render: Callable[[Any], str]) -> None:
-        self.render = render
-
-    def __getitem__(self, key: Any) -> str:
-        return self.render(key)
-
-
-def _literal(text: str) -> str:
-    """Python source of an f-string piece that is exactly ``text``."""
-    return "f" + repr(text.replace("{", "{{").replace("}", "}}"))
-
-
 class LinePlan:
     """A compiled format: what ``request_end`` captures, and how the flusher renders records.
 
     ``mode`` is ``"text"`` (empty values print ``-``) or ``"json"`` (the parts
     already hold the JSON punctuation; values are JSON literals, empty ones
-    ``null``). A record is a flat tuple with one captured value per field.
-    Calling the plan renders one request's line (tests, tools).
+    ``null``). Calling the plan renders one request's line (tests, tools).
+
+    A record is a flat tuple: the captured values of the fields that change
+    with every request (start time, duration, request id, sizes, trace), then
+    one *key* per segment. A segment is a run of literals and stable fields;
+    its key is the tuple of those fields' values (or the value itself when it
+    has one), built at capture, and a segment cache maps a key to the run's
+    text, rendered and escaped once. A line is one f-string: the changing
+    values formatted inline, each segment a dict lookup (skipped when the key
+    equals the previous record's). A batch with a value that cannot be a dict
+    key goes through :meth:`render_slowly`, value by value.
     """
 
     def __init__(self, parts: Sequence[str | Field], mode: str) -> None:
@@ -290,46 +298,81 @@ class LinePlan:
         self.mode = mode
         self.clock = _WallClock()
         convert = _json if mode == "json" else _text
-        names: dict[str, Any] = {"CLOCK": self.clock, "CONVERT": convert, "MILLIS": _MILLIS,
+        self._convert = convert
+        names: dict[str, Any] = {"CLOCK": self.clock, "CONVERT": convert, "MILLIS": _MILLIS, "NUMBERS": _NUMBERS,
+                                 "SMALL": range(len(_NUMBERS)),
                                  "EMPTY": "null" if mode == "json" else "-"}
-        captures: list[str] = []  # one expression per field, in record order
+        self._items = _group(self.parts)
+        changing: dict[tuple[str, str | None], int] = {}  # a changing field -> its place in the record
+        captures: list[str] = []
+        for item in self._items:
+            if isinstance(item, Field) and (item.name, item.key) not in changing:
+                changing[(item.name, item.key)] = len(captures)
+                captures.append(_capture_source(item, names))
+        self._changing = changing
         template: list[str] = []  # f-string pieces of a line
-        steps: list[str] = []  # statements before a line is built (start times)
-        cached: dict[str, _Segments] = {}
-        uncached: dict[str, _Uncached] = {}
-        for item in _group(self.parts):
+        steps: list[str] = []  # statements before a line is built (start times, segment lookups)
+        tables: list[_Segments] = []
+        self._segments: list[list[str | Field]] = []
+        items = self._items
+        prefixes: list[str] = []  # the literal before each start time: kept with its cached second
+        skip = False
+        for position, item in enumerate(items):
+            if skip:  # a literal already joined to the field before it
+                skip = False
+                continue
             if isinstance(item, str):
                 template.append(_literal(item))
-            elif isinstance(item, Field):  # a field that changes with every request: formatted inline
-                var = f"v{len(captures)}"
-                captures.append(_capture_source(item, names))
-                template.append(_inline(item, var, mode, names, steps))
-            else:  # a segment: literals and stable fields, rendered once per distinct tuple of values
+            elif isinstance(item, Field):
+                # The literal after a field joins its table's entries (one piece less per line to build).
+                after = items[position + 1] if position + 1 < len(items) else None
+                suffix = after if isinstance(after, str) and item.kind in _SUFFIXED else ""
+                skip = bool(suffix)
+                if item.kind == "time":
+                    before = items[position - 1] if position and isinstance(items[position - 1], str) else ""
+                    if before:
+                        template.pop()
+                    prefixes.append(before + ('"' if mode == "json" else ""))
+                template.append(_inline(item, f"v{changing[(item.name, item.key)]}", mode, names, steps, suffix,
+                                        len(prefixes) - 1))
+            else:
+                index = len(tables)
                 fields = [p for p in item if isinstance(p, Field)]
-                first = len(captures)
-                captures.extend(_capture_source(f, names) for f in fields)
-                key = ", ".join(f"v{i}" for i in range(first, len(captures)))
-                table = f"S{len(cached)}"
-                render = _segment_renderer(item, len(fields) == 1, convert, self.clock)
-                cached[table], uncached[table] = _Segments(render, SEGMENT_CACHE_SIZE), _Uncached(render)
-                template.append(f"f'{{{table}[{key if len(fields) == 1 else f'({key})'}]}}'")
+                sources = [_capture_source(f, names) for f in fields]
+                captures.append(sources[0] if len(fields) == 1 else f"({', '.join(sources)},)")
+                tables.append(_Segments(_segment_renderer(item, len(fields) == 1, convert, self.clock),
+                                        SEGMENT_CACHE_SIZE))
+                self._segments.append(item)
+                if len(fields) > 2:  # a long key: comparing it with the last one is cheaper than hashing it
+                    steps.append(f"            if k{index} != p{index}:\n"
+                                 f"                p{index} = k{index}\n"
+                                 f"                s{index} = S{index}[k{index}]\n")
+                    template.append(f"f'{{s{index}}}'")
+                else:
+                    template.append(f"f'{{S{index}[k{index}]}}'")
         record = f"({', '.join(captures)},)" if captures else "()"
-        locals_ = _capture_locals(record, "        ")
+        target = [f"v{i}" for i in range(len(changing))] + [f"k{i}" for i in range(len(tables))]
+        initial = "".join(f"        p{i} = s{i} = _NONE\n" for i in range(len(tables)))
+        for i, prefix in enumerate(prefixes):
+            names[f"PREFIX{i}"] = prefix
+        refresh = "".join(f"t{i} = PREFIX{i} + second; " for i in range(len(prefixes)))
+        initial += f"        {refresh}\n" if refresh else ""
+        steps = [step.replace("REFRESH", refresh) for step in steps]
         self.source = "\n".join((
-            _CAPTURE.format(capture_locals=_capture_locals(record, "    "), record=record),
-            _REQUEST_END.format(locals=locals_, record=record),
-            _RENDER.format(tables=", ".join(cached), steps="".join(steps),
-                           target=f"({', '.join(f'v{i}' for i in range(len(captures)))},)" if captures else "_",
+            _CAPTURE.format(prelude=_prelude(record, "    "), record=record),
+            _REQUEST_END.format(prelude12=_prelude(record, " " * 12), prelude8=_prelude(record, " " * 8),
+                                record=record),
+            _RENDER.format(tables="".join(f"S{i}, " for i in range(len(tables))), initial=initial,
+                           steps="".join(steps), target=f"({', '.join(target)},)" if target else "_",
                            line=" ".join(template) or "''"),
         ))
-        namespace = dict(names)
+        namespace = dict(names, _NONE=_NONE)
         exec(compile(self.source, "<access log plan>", "exec"), namespace)  # noqa: S102 - see the module doc
         #: ``capture(ctx, end) -> record``, for rendering one line outside a logger.
         self.capture: Callable[[RequestContext, float], tuple[Any, ...]] = namespace["capture"]
         #: ``make_request_end(logger, pending, accept, limit, wake_at, wake, monotonic) -> request_end(ctx)``
         self.make_request_end: Callable[..., Callable[[RequestContext], None]] = namespace["make_request_end"]
-        self._fast = namespace["make_render"](**cached)
-        self._slow = namespace["make_render"](**uncached)
+        self._fast = namespace["make_render"](*tables)
 
     def render(self, records: list[tuple[Any, ...]]) -> str:
         """The lines of captured records, joined."""
@@ -337,35 +380,70 @@ class LinePlan:
         try:
             self._fast(records, out)
         except TypeError:  # a captured value that cannot be a dict key (a list in Metadata): no cache
-            out = []
-            self._slow(records, out)
+            return self.render_slowly(records)
         return "".join(out)
+
+    def render_slowly(self, records: list[tuple[Any, ...]]) -> str:
+        """The same lines, every value converted on its own (the reference the fast path must match)."""
+        self.clock.sync()
+        convert, clock, changing = self._convert, self.clock, self._changing
+        first_key = len(changing)
+        lines = []
+        for record in records:
+            pieces = []
+            segment = 0
+            for item in self._items:
+                if isinstance(item, str):
+                    pieces.append(item)
+                elif isinstance(item, Field):
+                    pieces.append(convert(item.kind, record[changing[(item.name, item.key)]], clock))
+                else:
+                    key = record[first_key + segment]
+                    values = iter((key,) if sum(isinstance(p, Field) for p in item) == 1 else key)
+                    pieces.extend(p if isinstance(p, str) else convert(p.kind, next(values), clock) for p in item)
+                    segment += 1
+            lines.append("".join(pieces))
+        return "".join(lines)
 
     def __call__(self, ctx: RequestContext, end: float) -> str:
         return self.render([self.capture(ctx, end)])
 
 
+#: "No previous key yet": equal to no captured key.
+_NONE = object()
+
 _CAPTURE = """\
 def capture(ctx, end):
-{capture_locals}    return {record}
+{prelude}    return {record}
 """
 
 # The request path of a logger: the filter first, then the bound, then one tuple appended.
 _REQUEST_END = """\
 def make_request_end(logger, pending, accept, limit, wake_at, wake, monotonic):
     append = pending.append
-    def request_end(ctx):
+    if accept is None:
+        def request_end(ctx):
+            n = len(pending)
+            if n >= limit:
+                logger.dropped += 1
+                return
+            end = monotonic()
+{prelude12}            append({record})
+            if n == wake_at:
+                wake()
+        return request_end
+    def filtered_request_end(ctx):
         end = monotonic()
-        if accept is not None and not accept(ctx, end):
+        if not accept(ctx, end):
             return
         n = len(pending)
         if n >= limit:
             logger.dropped += 1
             return
-{locals}        append({record})
+{prelude8}        append({record})
         if n == wake_at:
             wake()
-    return request_end
+    return filtered_request_end
 """
 
 # The start time: the wall-clock offset taken once per batch, the formatted second cached.
@@ -375,19 +453,23 @@ def make_render({tables}):
         append = out.append
         CLOCK.sync()
         offset, base, limit, second = CLOCK.offset, CLOCK.base, CLOCK.limit, CLOCK.text
-        for {target} in records:
+{initial}        for {target} in records:
 {steps}            append({line})
     return render
 """
 
 
-def _capture_locals(record: str, indent: str) -> str:
-    """Statements binding the locals the capture expressions use (``md``, ``err``, ``resp``)."""
-    lines = ""
-    for local, source in (("md", "ctx.metadata"), ("err", "ctx.error"), ("resp", "ctx.response_metadata")):
-        if re.search(rf"\b{local}\b", record):
-            lines += f"{indent}{local} = {source}\n"
-    return lines
+def _prelude(record: str, indent: str) -> str:
+    """Statements binding the locals the capture expressions use (``md``, ``rid``, ``status``...)."""
+    used = {name for name, _ in _PRELUDE if re.search(rf"\b{name}\b", record)}
+    used |= {_PRELUDE_NEEDS[name] for name in _PRELUDE_NEEDS if re.search(rf"\b{name}\b", record)}
+    lines = "".join(source for name, source in _PRELUDE if name in used)
+    return "".join(indent + line + "\n" for line in lines.splitlines())
+
+
+def _literal(text: str) -> str:
+    """Python source of an f-string piece that is exactly ``text``."""
+    return "f" + repr(text.replace("{", "{{").replace("}", "}}"))
 
 
 def _group(parts: list[str | Field]) -> list[str | Field | list[str | Field]]:
@@ -420,23 +502,46 @@ def _capture_source(field: Field, names: dict[str, Any]) -> str:
     return field.capture.replace("KEY", key_name)
 
 
-def _inline(field: Field, var: str, mode: str, names: dict[str, Any], steps: list[str]) -> str:
-    """f-string source rendering a changing field from its captured value ``var``."""
+#: Kinds whose rendering may take the literal that follows it (see ``_inline``).
+_SUFFIXED = frozenset(("time", "duration", "int", "trace"))
+
+
+def _inline(field: Field, var: str, mode: str, names: dict[str, Any], steps: list[str], suffix: str = "",
+            prefix: int = -1) -> str:
+    """f-string source rendering a changing field from its captured value ``var``, then ``suffix``.
+
+    A start time renders as ``t{prefix}`` (the literal before it and the cached second) and a
+    millisecond table entry that ends with ``suffix``; small ints come from a table of the same kind.
+    """
     kind = field.kind
     names[f"KIND_{kind}"] = kind
     slow = f"CONVERT(KIND_{kind}, {var}, CLOCK)"
+    n = len(names)
+    if suffix:
+        names[f"SUFFIX{n}"] = suffix
+    tail = f" + SUFFIX{n}" if suffix else ""
     if kind == "time":  # never needs escaping: JSON only adds the quotes
         wall = f"w{var}"
-        steps.append(f"            {wall} = {var} + offset\n"
-                     f"            if {wall} >= limit or {wall} < base:\n"
-                     f"                base, limit, second = CLOCK.second({wall})\n")
-        text = f"{{second}}{{MILLIS[int(({wall} - base) * 1000.0)]}}"
-        return f"f'\"{text}\"'" if mode == "json" else f"f'{text}'"
-    if kind == "duration":
-        return f"f'{{round({var} * 1000.0)}}'"
-    if kind in ("int", "id"):
-        return f"f'{{{var} if {var}.__class__ is int else {slow}}}'"
-    return f"f'{{EMPTY if {var} is None else {slow}}}'"
+        step = (f"            {wall} = {var} + offset\n"
+                f"            if {wall} >= limit or {wall} < base:\n"
+                f"                base, limit, second = CLOCK.second({wall})\n"
+                f"                REFRESH\n")
+        if step not in steps:
+            steps.append(step)
+        closing = '"' if mode == "json" else ""
+        names[f"MILLIS{n}"] = tuple(m + closing + suffix for m in _MILLIS)
+        return f"f'{{t{prefix}}}{{MILLIS{n}[int(({wall} - base) * 1000.0)]}}'"
+    # Small ints (durations in ms, sizes) come from a table: ``in range`` is one C-level test of an
+    # int's bounds; a float in range fails the tuple index (TypeError: the batch renders slowly).
+    if kind in ("duration", "int"):
+        names[f"NUMBERS{n}"] = tuple(number + suffix for number in _NUMBERS) if suffix else _NUMBERS
+        if kind == "duration":  # milliseconds, rounded half to even as round() does
+            return f"f'{{NUMBERS{n}[d] if (d := round({var} * 1000.0)) in SMALL else str(d){tail}}}'"
+        return f"f'{{NUMBERS{n}[{var}] if {var} in SMALL else {slow}{tail}}}'"
+    if kind == "id":
+        return f"f'{{{var} if type({var}) is int else {slow}}}'"
+    names[f"EMPTY{n}"] = names["EMPTY"] + suffix
+    return f"f'{{EMPTY{n} if {var} is None else {slow}{tail}}}'"
 
 
 def _segment_renderer(parts: list[str | Field], single: bool, convert: Callable[[str, Any, _WallClock], str],
@@ -543,6 +648,9 @@ class AccessLogger(RequestObserver):
                  flush_interval: float = FLUSH_INTERVAL) -> None:
         self.sink = sink
         self.plan = plan
+        #: Only %RESPONSE_METADATA(key)% reads a response beyond its status (the filter reads the status).
+        self.reads_response_metadata = any(isinstance(part, Field) and part.name == "RESPONSE_METADATA"
+                                           for part in plan.parts)
         self.accept = accept
         self.flush_interval = flush_interval
         self.written = 0

@@ -381,3 +381,70 @@ def test_json_lines_stay_valid_json_for_any_unicode(service, method, user, messa
     assert _PLAN(ctx, ctx.start_time) == line
     text = _TEXT(ctx, 0.0)
     assert text == f"{user or '-'}|{service or '-'}\n"
+
+
+# -- the fast render against the value-by-value one ---------------------------------
+
+def test_request_id_is_the_one_the_client_sent():
+    """The pool rewrites the Metadata's id for the upstream: the log shows ``ctx.downstream_id``."""
+    ctx = answered(request())
+    ctx.downstream_id = 7
+    ctx.metadata["request_id"] = 90001  # as an upstream connection numbers it
+    assert text_renderer("%REQUEST_ID%")(ctx, 0.0) == "7\n"
+    assert json.loads(accesslog.json_renderer()(ctx, ctx.start_time))["request_id"] == 7
+
+
+def _varied_contexts() -> list[tuple[RequestContext, float]]:
+    """Requests whose values move between the fast path's cases: small and large sizes and durations,
+    a duration below zero, equal values in new objects, alternating keys, ids of other types."""
+    cases = []
+    for i in range(60):
+        ctx = answered(request("".join(["m", str(i % 3)])))  # a new str object each time
+        ctx.metadata["service"] = "".join(["de", "mo"])
+        ctx.bytes_sent = (0, 1, 2047, 2048, 10**6)[i % 5]
+        ctx.downstream_id = (i, None, "abc", 2**70)[i % 4]
+        ctx.upstream_host = ("h1", "h2")[i // 7 % 2]
+        if i % 11 == 0:
+            failed(ctx, ErrorType.TIMEOUT, "UT")
+        if i % 13 == 0:
+            ctx.trace = _Trace()
+        duration = (0.0, 0.0004999, 0.0125, 2.0475, 2.0485, 30.0, -0.3)[i % 7]
+        cases.append((ctx, ctx.start_time + duration))
+    return cases
+
+
+@pytest.mark.parametrize("fmt", ["json", "%START_TIME% %DURATION% %REQUEST_ID% %PROTOCOL% %LISTENER% %SERVICE% "
+                                 "%METHOD% %ROUTE_NAME% %UPSTREAM_CLUSTER% %UPSTREAM_HOST% %RESPONSE_STATUS% "
+                                 "%RESPONSE_FLAGS% %ERROR_MESSAGE% %ATTEMPTS% %BYTES_RECEIVED% %BYTES_SENT% "
+                                 "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_PEER_IDENTITY% %TRACE_ID% "
+                                 "%METHOD% 100%% %RESPONSE_METADATA(x-served-by)%"])
+def test_the_fast_render_matches_the_value_by_value_one(fmt):
+    plan = accesslog.json_renderer() if fmt == "json" else text_renderer(fmt)
+    cases = _varied_contexts()
+    records = [plan.capture(ctx, end) for ctx, end in cases]
+    fast = plan.render(records)
+    assert fast == plan.render_slowly(records)
+    assert fast.count("\n") == len(records)
+    if fmt == "json":
+        lines = [json.loads(line) for line in fast.splitlines()]
+        assert [r["duration"] for r in lines] == [round((end - ctx.start_time) * 1000) for ctx, end in cases]
+        assert {r["duration"] for r in lines} >= {0, 2048, 30000, -300}
+        assert [r["bytes_sent"] for r in lines[:5]] == [0, 1, 2047, 2048, 10**6]
+        assert [r["request_id"] for r in lines[:4]] == [0, 7, "abc", 2**70]  # None: the Metadata's id
+    else:
+        assert all(" 100%% " in line for line in fast.splitlines())  # no escapes in the format language
+
+
+def test_a_size_that_is_not_an_int_still_renders():
+    plan = accesslog.json_renderer()
+    ctx = answered(request())
+    ctx.bytes_sent = 12.5  # no layer does this; the batch falls back to the value-by-value render
+    records = [plan.capture(ctx, ctx.start_time), plan.capture(answered(request()), 0.0)]
+    assert plan.render(records) == plan.render_slowly(records)
+    assert json.loads(plan.render(records).splitlines()[0])["bytes_sent"] == "12.5"
+
+
+def test_percent_signs_in_values_and_literals_are_kept():
+    ctx = answered(request("100%", **{"x-user": "%s%d%%"}))
+    assert text_renderer("%% %METHOD% %METADATA(x-user)% %REQUEST_ID%%%")(ctx, 0.0) == "%% 100% %s%d%% 7%%\n"
+    assert json.loads(accesslog.json_renderer()(ctx, 0.0))["method"] == "100%"
