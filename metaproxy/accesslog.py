@@ -21,15 +21,22 @@ so a format is compiled once into a :class:`LinePlan`:
 
 * fields whose values repeat from request to request (protocol, service,
   method, route, cluster, host, status, client address...) are grouped with
-  the literal text between them into *segments*; a segment is rendered and
-  escaped once per distinct tuple of values and then found by one dict lookup;
+  the literal text between them into *segments*; the capture builds each
+  segment's tuple of values (its key), and a segment is rendered and escaped
+  once per distinct key, then found by one dict lookup, or by none when the key
+  equals the previous record's;
 * the fields that change with every request (start time, duration, request
-  id, sizes, trace id) are formatted inline, the start time from a cached
-  formatted second plus a table of milliseconds;
+  id, sizes, trace id) are formatted inline: the start time from a cached
+  formatted second plus a table of milliseconds, durations and sizes below
+  2048 from a table of numbers, each table entry already followed by the
+  literal after the field (fewer pieces to join per line);
 * capture and render are generated as Python source from the field table
   (like ``collections.namedtuple`` does), so a line is one f-string with no
-  call per field. Only names from the field table enter that source: format
-  literals and metadata keys are passed in as variables.
+  call per field. Only names from the field table enter that source; format
+  literals enter it through ``repr``, metadata keys and tables as variables.
+
+Where the instructions of a line go, and why a line built by Python cannot
+get much cheaper: docs/observability.md, "Cost".
 
 See docs/observability.md for the fields and formats.
 """
@@ -313,7 +320,6 @@ class LinePlan:
         template: list[str] = []  # f-string pieces of a line
         steps: list[str] = []  # statements before a line is built (start times, segment lookups)
         tables: list[_Segments] = []
-        self._segments: list[list[str | Field]] = []
         items = self._items
         prefixes: list[str] = []  # the literal before each start time: kept with its cached second
         skip = False
@@ -342,7 +348,6 @@ class LinePlan:
                 captures.append(sources[0] if len(fields) == 1 else f"({', '.join(sources)},)")
                 tables.append(_Segments(_segment_renderer(item, len(fields) == 1, convert, self.clock),
                                         SEGMENT_CACHE_SIZE))
-                self._segments.append(item)
                 if len(fields) > 2:  # a long key: comparing it with the last one is cheaper than hashing it
                     steps.append(f"            if k{index} != p{index}:\n"
                                  f"                p{index} = k{index}\n"
