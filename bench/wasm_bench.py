@@ -7,6 +7,13 @@ with the others; the best round is reported (the least disturbed), the
 median beside it. The target of the WASM filter issue is <= 15 µs per request.
 
     .venv/bin/python bench/wasm_bench.py [--requests 20000] [--rounds 5] [--json FILE] [--compare-shim]
+    .venv/bin/python bench/wasm_bench.py --icount     # machine instructions per request, under valgrind
+
+--icount counts what the load of a shared machine cannot move: each case runs
+under ``valgrind --tool=callgrind`` twice (1000 and 3000 requests after a
+2000-request warm-up and ``gc.freeze()``), and the main thread's difference is
+divided by 2000. The epoch ticker thread is not started there: it takes the GIL
+by wall time, which valgrind stretches, and moved the counts by thousands.
 
 Cases (entries = calls from Python into WebAssembly; host calls = calls from WebAssembly into Python):
   none                 an empty chain (the baseline every other row is compared with)
@@ -25,10 +32,14 @@ Cases (entries = calls from Python into WebAssembly; host calls = calls from Web
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -110,6 +121,38 @@ def report(rows: list[dict[str, Any]], requests: int, rounds: int) -> str:
     return "\n".join(lines)
 
 
+def run_one(case: str, requests: int) -> None:
+    """The body of one valgrind run (``--only``): warm up, freeze the heap, run ``requests`` requests."""
+    from metaproxy.wasm import engine
+    engine._original_threading = lambda: ((lambda _fn, _args: None), None)  # no epoch ticker thread
+    chain = make_chain(CASES[case])
+    one_round(chain, 2000)
+    gc.collect()
+    gc.freeze()
+    one_round(chain, requests)
+
+
+def _instructions(case: str, requests: int, folder: str) -> int:
+    out = os.path.join(folder, f"cg.{requests}")
+    subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}",
+                    sys.executable, __file__, "--only", case, "--requests", str(requests)],
+                   check=True, capture_output=True, timeout=1800)
+    text = Path(out + "-01").read_text(errors="replace")  # thread 1: the main thread
+    match = re.search(r"^(?:summary|totals): (\d+)", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no totals in {out}-01")
+    return int(match.group(1))
+
+
+def icount() -> str:
+    lines = ["WASM filter machine instructions per request (valgrind callgrind, main thread, 3000 - 1000 requests)"]
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as folder:
+            per_request = (_instructions(case, 3000, folder) - _instructions(case, 1000, folder)) / 2000
+        lines.append(f"{case:<22} {per_request:>10,.0f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20000)
@@ -117,7 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON to this file")
     parser.add_argument("--compare-shim", action="store_true",
                         help="also run the AssemblyScript sample with the host shim off")
+    parser.add_argument("--icount", action="store_true",
+                        help="machine instructions per request under valgrind instead of CPU time (slow)")
+    parser.add_argument("--only", choices=list(CASES), help=argparse.SUPPRESS)  # one valgrind run (--icount)
     args = parser.parse_args(argv)
+    if args.only:
+        run_one(args.only, args.requests)
+        return 0
+    if args.icount:
+        print(icount())
+        return 0
     rows = measure(args.requests, args.rounds, args.compare_shim)
     print(report(rows, args.requests, args.rounds))
     if args.json:
