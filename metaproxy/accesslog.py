@@ -63,7 +63,8 @@ from metaproxy.settings import parse_duration
 __all__ = ["AccessLogger", "FIELDS", "LinePlan", "compile_format", "json_renderer", "make_access_loggers",
            "make_filter", "text_renderer"]
 
-FLUSH_INTERVAL = 0.2
+#: Seconds between two writes of a log when fewer than WAKE_LINES lines wait (Envoy flushes every second too).
+FLUSH_INTERVAL = 1.0
 #: Pending lines that wake the flusher before its interval ends.
 WAKE_LINES = 1024
 #: Pending lines kept at most when the writer cannot keep up; more are dropped and counted.
