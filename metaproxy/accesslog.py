@@ -433,13 +433,13 @@ def make_request_end(logger, pending, accept, limit, wake_at, wake, monotonic):
             if n >= limit:
                 logger.dropped += 1
                 return
-            end = monotonic()
+            end = ctx.end_time or monotonic()  # set by the connection before observers run
 {prelude12}            append({record})
             if n == wake_at:
                 wake()
         return request_end
     def filtered_request_end(ctx):
-        end = monotonic()
+        end = ctx.end_time or monotonic()
         if not accept(ctx, end):
             return
         n = len(pending)

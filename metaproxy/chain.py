@@ -87,6 +87,8 @@ class RequestContext:
     response_flags: str = ""
     attempts: int = 0
     bytes_sent: int = 0
+    #: ``time.monotonic()`` when the reply was made (set before the end observers run; 0 until then).
+    end_time: float = 0.0
     trace: Any = None
     #: Upstream connections this request's downstream connection holds
     #: (ordered protocols keep one per endpoint: pipelining, MULTI/EXEC).
