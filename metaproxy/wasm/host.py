@@ -74,6 +74,23 @@ def error_kind_for(status: int, grpc_status: int) -> ErrorType:
     return by_grpc.get(grpc_status, ErrorType.UNSPECIFIED)
 
 
+
+def _cached_values(keys: Any, get: Any, metadata: Any, values: list[str], missing: int) -> int:
+    """Append each key's value as a module sees it (the mutation's, else the metadata's, as text; "" if
+    none) to ``values``; return ``missing`` with bit i set for each value i that has none."""
+    append = values.append
+    for key in keys:
+        value = get(key)
+        if value is None:
+            value = metadata.get(key) if metadata is not None else None
+            if value is None:
+                missing |= 1 << len(values)
+                value = ""
+            elif type(value) is not str:
+                value = as_str(value)
+        append(value)
+    return missing
+
 class Stream:
     """One request as the module sees it: a Proxy-Wasm stream context.
 
@@ -196,32 +213,12 @@ class AbiHost:
         """
         request_keys, response_keys = self._cache_split[phase]
         values: list[str] = []
-        append = values.append
         missing = 0  # bit i: key i has no value
         if request_keys:
-            get, metadata = ctx.mutation.get, ctx.metadata
-            for key in request_keys:
-                value = get(key)
-                if value is None:
-                    value = metadata.get(key)
-                    if value is None:
-                        missing |= 1 << len(values)
-                        value = ""
-                    elif type(value) is not str:
-                        value = as_str(value)
-                append(value)
+            missing = _cached_values(request_keys, ctx.mutation.get, ctx.metadata, values, missing)
         if response_keys:
-            get, metadata = ctx.response_mutation.get, ctx.response_metadata
-            for key in response_keys:
-                value = get(key)
-                if value is None:
-                    value = metadata.get(key) if metadata is not None else None
-                    if value is None:
-                        missing |= 1 << len(values)
-                        value = ""
-                    elif type(value) is not str:
-                        value = as_str(value)
-                append(value)
+            missing = _cached_values(response_keys, ctx.response_mutation.get, ctx.response_metadata, values, missing)
+        append = values.append
         count = len(values)
         append("")  # every value is followed by a NUL
         try:
