@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per measurement")
     p.add_argument("--rounds", type=int, default=1,
                    help="measure every target this many times, taking turns; tables show the median round")
+    p.add_argument("--pin", action="store_true",
+                   help="one-core pairs only: each proxy on CPU 0, load generator and server on CPU 1")
     p.add_argument("--warmup", type=float, default=0.3, help="unmeasured seconds before each measurement")
     p.add_argument("--idle", type=int, default=1000,
                    help="idle connections opened to each proxy to measure memory per connection (0: skip)")
@@ -147,8 +149,20 @@ def measure_once(scenario: Scenario, target: Target, upstream: Service, proxy: S
     return row
 
 
+#: The targets that use one core: what ``--pin`` can place on a core of their own.
+ONE_CORE = ("haproxy", "metaproxy")
+PROXY_CPU, LOAD_CPU = 0, 1
+
+
+def pin_tree(pid: int, cpu: int) -> None:
+    """Every thread of process ``pid`` to ``cpu`` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
 def measure_scenario(scenario: Scenario, targets: list[Target], upstream: Service, specs: list[LoadSpec],
-                     workdir: Path, rounds: int = 1, idle: int = 0) -> tuple[list[Row], list[IdleMemory]]:
+                     workdir: Path, rounds: int = 1, idle: int = 0,
+                     pin: bool = False) -> tuple[list[Row], list[IdleMemory]]:
     """Every target through every load spec, ``rounds`` times, the targets taking turns within a round.
 
     Why rounds: on a shared machine the speed of the CPU drifts between runs
@@ -157,13 +171,20 @@ def measure_scenario(scenario: Scenario, targets: list[Target], upstream: Servic
     metaproxy compares two machines. Interleaved rounds put each pair seconds
     apart, and the median over rounds ignores a disturbed one. Every target's
     process is started once, before the first round, and serves all of them.
+
+    ``pin``: each proxy's threads go to CPU 0 (the runner, and so the load generator and the
+    upstream server it starts, are on CPU 1): the proxy never shares its core, and the
+    scheduler cannot move it next to the load in one round and not in the next.
     """
     started: list[tuple[Target, Service | None]] = []
     rows: list[Row] = []
     memory: list[IdleMemory] = []
     try:
         for target in targets:
-            started.append((target, target.start(scenario, upstream, workdir)))
+            service = target.start(scenario, upstream, workdir)
+            if pin and service is not None:
+                pin_tree(service.pid, PROXY_CPU)
+            started.append((target, service))
         for round_no in range(1, rounds + 1):
             for target, proxy in started:
                 for spec in (scenario.effective_spec(s) for s in specs):
@@ -191,7 +212,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[Row], list[IdleMemory]
         upstream = scenario.start_server()
         try:
             targets = [TARGETS[t]() for t in _csv(args.targets)]
-            more, mem = measure_scenario(scenario, targets, upstream, specs, workdir, args.rounds, args.idle)
+            more, mem = measure_scenario(scenario, targets, upstream, specs, workdir, args.rounds, args.idle,
+                                         args.pin)
             rows += more
             memory += mem
         finally:
@@ -250,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         print(run_profile(args))
         return 0
+    if args.pin:
+        two_core = [t for t in _csv(args.targets) if t not in ONE_CORE and t != "direct"]
+        if two_core or os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
+            raise SystemExit(f"--pin needs two CPUs and one-core targets only ({', '.join(ONE_CORE)}, direct); "
+                             f"not {', '.join(two_core)}")
+        os.sched_setaffinity(0, {LOAD_CPU})  # inherited by the load generator and the upstream server
     started = time.monotonic()
     rows, memory = run_benchmark(args)
     command = " ".join([Path(sys.executable).name, "bench/run.py", *(argv or sys.argv[1:])])
