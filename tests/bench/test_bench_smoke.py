@@ -8,6 +8,7 @@ start, every protocol's load completes with no error reply.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,15 @@ def test_the_relay_floors_carry_traffic(tmp_path):
     assert {(row["scenario"], row["target"]) for row in rows} == {
         (s, t) for s in ("tinyrpc", "dubbo") for t in ("gevent-relay", "callback-relay")}
     assert all(row["rps"] > 0 for row in rows)
+
+
+@pytest.mark.timeout(300)
+def test_pinned_rounds_pair_each_proxy_with_haproxy(tmp_path):
+    """``--pin --rounds 2``: the one-core proxies on a core of their own, every round measured."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.fail("the benchmark's --pin needs two CPUs; this machine gives the tests one")
+    rows = _bench_rows(tmp_path, "--scenarios", "tinyrpc", "--targets", "haproxy,metaproxy", "--pin",
+                       "--rounds", "2", timeout=120)
+    assert sorted((row["target"], row["connections"], row["round"]) for row in rows) == sorted(
+        (t, c, n) for t in ("haproxy", "metaproxy") for c in (1, 8) for n in (1, 2))
+    assert all(row["rps"] > 0 and row["cpu_us_per_request"] > 0 for row in rows)
