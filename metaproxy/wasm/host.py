@@ -196,6 +196,31 @@ class AbiHost:
         words = self.words
         words[1] = 1 if stream is not None and stream.ctx is not None else 0  # (and no read cache: another context)
 
+    def enter_phase(self, stream: Stream, rctx: Any, phase: int) -> None:
+        """:meth:`set_current` for a header phase (0 request, 1 response), then that phase's read cache.
+
+        The module's header writes may be recorded by the shim from here on.
+        """
+        words = self.words
+        if words[0]:
+            self.apply_writes()
+        self.current = stream
+        words[1] = 1
+        self.phase = phase
+        if self.cache_keys[phase]:
+            self.fill_cache(rctx, phase)  # reads of keys read before are answered in WebAssembly
+
+    def leave_phase(self, stream: Stream) -> None:
+        """After a header phase: apply the writes the shim recorded, back to the root context, flush logs."""
+        words = self.words
+        if words[0]:
+            self.apply_writes()
+        self.current = None
+        words[1] = 0
+        stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
+        if self.logs:
+            self.flush_logs()
+
     def _drop_cache(self) -> None:
         """The maps (or the cache's keys) changed: reads go to Python until the next entry fills the cache."""
         words = self.words

@@ -392,15 +392,7 @@ class WasmVm:
         host.streams[context_id] = stream
         action = abi.ACTION_CONTINUE
         if self.has_request:
-            # host.set_current(stream), written out: header writes may be recorded by the shim meanwhile
-            words = host.words
-            if words[0]:
-                host.apply_writes()
-            host.current = stream
-            words[1] = 1
-            host.phase = 0
-            if host.cache_keys[0]:
-                host.fill_cache(rctx, 0)  # reads of keys read before are answered in WebAssembly
+            host.enter_phase(stream, rctx, 0)
             if self._fuel or monotonic() >= self._armed_until:
                 self._arm()
             try:
@@ -409,15 +401,7 @@ class WasmVm:
                 self._trapped(trap)
                 raise
             finally:
-                # host.set_current(None), written out: applies the writes the shim recorded
-                words = host.words
-                if words[0]:
-                    host.apply_writes()
-                host.current = None
-                words[1] = 0
-                stream.ctx = None  # no cycle ctx -> scratch -> sentinel -> stream -> ctx: the sentinel must die
-                if host.logs:
-                    host.flush_logs()
+                host.leave_phase(stream)
         else:
             stream.ctx = None
         reply = stream.local_reply
@@ -438,14 +422,7 @@ class WasmVm:
         stream.finished = True
         host = self.host
         stream.ctx = rctx
-        words = host.words  # host.set_current(stream), written out
-        if words[0]:
-            host.apply_writes()
-        host.current = stream
-        words[1] = 1
-        host.phase = 1
-        if host.cache_keys[1]:
-            host.fill_cache(rctx, 1)
+        host.enter_phase(stream, rctx, 1)
         if self._fuel or monotonic() >= self._armed_until:
             self._arm()
         try:
@@ -455,14 +432,7 @@ class WasmVm:
             self._trapped(trap)
             raise
         finally:
-            words = host.words  # host.set_current(None), written out
-            if words[0]:
-                host.apply_writes()
-            host.current = None
-            words[1] = 0
-            stream.ctx = None
-            if host.logs:
-                host.flush_logs()
+            host.leave_phase(stream)
         if stream.local_reply is not None:
             self.logger.warning("wasm[%s] sent a local response while processing a response: ignored",
                                 self.identity.plugin_name)
