@@ -145,6 +145,13 @@ class Codec:
         """
         return self.decode(buffer, metadata)
 
+    def decoded_state(self, frame: bytes) -> Any:
+        """The ``codec_state`` a whole :meth:`decode` of ``frame`` gives: for an ``encode`` that needs
+        more than ``decode_passthrough`` read (a mutation of a passed-through reply)."""
+        metadata = Metadata()
+        self.decode(bytearray(frame), metadata)
+        return metadata.codec_state
+
     #: Mutations this connection could not carry (counted into stats).
     mutations_dropped: int = 0
 

@@ -416,9 +416,7 @@ class DubboCodec(Codec):
             return
         start = len(buffer)
         if mutation and state is _PASSED:  # decode_passthrough did not read the body: read it now
-            full = Metadata()
-            self.decode(bytearray(frame), full)
-            state = full.codec_state
+            state = self.decoded_state(frame)
         if mutation and self._can_carry(state):
             self._encode_mutated(frame, state, mutation, buffer)
         else:

@@ -200,9 +200,7 @@ class TinyRpcCodec(Codec):
             _U64.pack_into(buffer, start + _ID_OFFSET, request_id)
             return
         if state is _PASSED:  # the header section was not read: read it now
-            full = Metadata()
-            self.decode(bytearray(frame), full)
-            state = full.codec_state
+            state = self.decoded_state(frame)
         # Rebuild only the header section: old headers with the mutation applied.
         headers = self._headers_of(frame, state)
         headers.update(mutation)
