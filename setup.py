@@ -13,7 +13,9 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["metaproxy", "metaproxy.*"]) + codec_packages,
     package_dir={"metaproxy_codecs": "codecs"},
-    package_data={"metaproxy": ["py.typed"], "metaproxy_codecs": ["*/*.thrift", "*/templates/*"]},
+    # _compiled/: the hot path as `make compiled` built it (metaproxy/compiled.py uses it only while it
+    # matches the sources), so the image's wheel carries it.
+    package_data={"metaproxy": ["py.typed", "_compiled/*.so", "_compiled/manifest.json"], "metaproxy_codecs": ["*/*.thrift", "*/templates/*"]},
     install_requires=[
         "gevent>=24",
         "PyYAML>=6",
@@ -22,6 +24,7 @@ setup(
         "grpcio>=1.60",
         "xds-protos>=1.60",
         "protobuf>=4",
+        "mypy_extensions>=1.0",  # mypyc_attr marks on classes of the compiled hot path (metaproxy/compiled.py)
         "prometheus-client>=0.19",
         "opentelemetry-api>=1.20",
         "opentelemetry-sdk>=1.20",

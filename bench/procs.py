@@ -229,11 +229,13 @@ def metaproxy_config(listener_protocol: dict[str, Any], upstream_port: int, port
 
 
 def start_metaproxy(workdir: Path, listener_protocol: dict[str, Any], upstream_port: int,
-                    launcher: Sequence[str] | None = None, workers: int = 1) -> Service:
+                    launcher: Sequence[str] | None = None, workers: int = 1, compiled: bool = True) -> Service:
     """Run ``python -m metaproxy.cli run -c <generated yaml>`` (or the same under ``launcher``).
 
     With ``workers`` > 1 the supervisor's port answers before every worker has
-    bound it; the measurement's warm-up covers that.
+    bound it; the measurement's warm-up covers that. ``compiled``: the hot path
+    as mypyc compiled it (``METAPROXY_COMPILED=require``: a stale build fails the
+    start rather than being measured as interpreted), else interpreted (``=0``).
     """
     port = free_port()
     workdir = workdir.resolve()
@@ -241,4 +243,4 @@ def start_metaproxy(workdir: Path, listener_protocol: dict[str, Any], upstream_p
     cfg.write_text(yaml.safe_dump(metaproxy_config(listener_protocol, upstream_port, port, workers), sort_keys=False))
     prefix = list(launcher) if launcher else [sys.executable, "-m", "metaproxy.cli"]
     return start_listening("metaproxy", [*prefix, "run", "-c", str(cfg)], port, workdir / "metaproxy.log",
-                           cwd=workdir, env={"PYTHONUNBUFFERED": "1"})
+                           cwd=workdir, env={"PYTHONUNBUFFERED": "1", "METAPROXY_COMPILED": "require" if compiled else "0"})

@@ -54,12 +54,22 @@ class HAProxy2(HAProxy):
 class MetaProxy(Target):
     name = "metaproxy"
     workers = 1
+    #: The hot path as ``make compiled`` built it (metaproxy/compiled.py); False: interpreted.
+    compiled = True
 
     def __init__(self, launcher: Sequence[str] | None = None) -> None:
         self.launcher = launcher
 
     def start(self, scenario: Scenario, upstream: Service, workdir: Path) -> Service | None:
-        return start_metaproxy(workdir, scenario.listener_protocol(), upstream.port, self.launcher, self.workers)
+        return start_metaproxy(workdir, scenario.listener_protocol(), upstream.port, self.launcher, self.workers,
+                               self.compiled)
+
+
+class MetaProxyInterpreted(MetaProxy):
+    """One process with the hot path interpreted (``METAPROXY_COMPILED=0``): what compiling it gains."""
+
+    name = "metaproxy-py"
+    compiled = False
 
 
 class MetaProxy2(MetaProxy):
@@ -90,4 +100,4 @@ class CallbackRelay(GeventRelay):
 
 
 TARGETS: dict[str, type[Target]] = {t.name: t for t in (Direct, HAProxy, MetaProxy, GeventRelay, CallbackRelay,
-                                                        HAProxy2, MetaProxy2)}
+                                                        HAProxy2, MetaProxy2, MetaProxyInterpreted)}

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from metaproxy.codec import _load
 from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError
 
@@ -40,6 +42,7 @@ class FilterEnv:
     services: dict[str, Any] = field(default_factory=dict)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (metaproxy/compiled.py), yet every filter subclasses it
 class Filter:
     """Base class of every L7 filter (Python, and the hosts of Lua and WASM ones)."""
 
@@ -143,7 +146,9 @@ class FilterChain:
             f.on_response for f in reversed(self.filters) if type(f).on_response is not Filter.on_response
         ]
         #: True if any filter's hooks may wait: then every request gets a greenlet of its own.
-        self.blocking = any(f.blocking for f in self.filters)
+        # getattr, not ``f.blocking``: compiled, that reads Filter's own slot and misses a Python
+        # subclass's class-level ``blocking = False`` (metaproxy/compiled.py). Read once per chain.
+        self.blocking = any(getattr(f, "blocking", True) for f in self.filters)
 
     def run_request(self, ctx: RequestContext) -> ProxyError | None:
         try:

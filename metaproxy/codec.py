@@ -19,6 +19,8 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from metaproxy.message import ErrorType, MessageType, Metadata, Mutation, ProxyError
 
 __all__ = [
@@ -71,6 +73,7 @@ class CodecError(Exception):
         self.offset = offset
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled (metaproxy/compiled.py), yet every codec subclasses it
 class Codec:
     """Base class of every protocol codec. One instance belongs to one connection."""
 

@@ -64,13 +64,13 @@ def peer_identity(sock: socket.socket) -> str:
     cert = sock.getpeercert()
     if not cert:
         return ""
-    for kind, value in cert.get("subjectAltName", ()):
+    for kind, value in cert.get("subjectAltName", ()):  # type: ignore[misc, str-unpack]
         if kind == "URI":
-            return value
+            return str(value)
     for rdn in cert.get("subject", ()):
-        for key, value in rdn:
+        for key, value in rdn:  # type: ignore[misc, str-unpack]
             if key == "commonName":
-                return value
+                return str(value)
     return ""
 
 
@@ -376,7 +376,7 @@ class DownstreamConnection:
             obs.request_end(ctx)
         return out
 
-    def send(self, data: bytes | bytearray) -> None:
+    def send(self, data: bytes | bytearray | memoryview) -> None:
         raw = self._raw
         if raw is not None and not self._write_lock.locked():
             # Nobody is mid-write, so bytes written now keep their order; the kernel usually

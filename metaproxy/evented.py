@@ -169,7 +169,7 @@ class CallbackConnection(DownstreamConnection):
             self._reader.start(self._on_readable)
 
     # -- writing --------------------------------------------------------------------
-    def send(self, data: bytes | bytearray) -> None:
+    def send(self, data: bytes | bytearray | memoryview) -> None:
         """Write now what the kernel takes; a write watcher writes the rest, in order. Never blocks."""
         if self.closed:
             return

@@ -174,12 +174,32 @@ def _compile_matcher(sec: Section) -> Matcher | None:
         except re.error as exc:
             sec.problem(f"invalid regex {text!r}: {exc}", kind)
             return None
-        return Matcher(name or "", "regex", text, invert, lambda v, p=pattern: p.fullmatch(v) is not None)
-    if kind == "exact":
-        return Matcher(name or "", kind, text, invert, lambda v, t=text: v == t)
-    if kind == "prefix":
-        return Matcher(name or "", kind, text, invert, lambda v, t=text: v.startswith(t))
-    return Matcher(name or "", kind, text, invert, lambda v, t=text: v.endswith(t))
+        return Matcher(name or "", "regex", text, invert, _regex_test(pattern))
+    return Matcher(name or "", kind, text, invert, _TESTS[kind](text))
+
+
+def _regex_test(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda v: pattern.fullmatch(v) is not None
+
+
+def _exact_test(text: str) -> Callable[[str], bool]:
+    return lambda v: v == text
+
+
+def _prefix_test(text: str) -> Callable[[str], bool]:
+    return lambda v: v.startswith(text)
+
+
+def _suffix_test(text: str) -> Callable[[str], bool]:
+    return lambda v: v.endswith(text)
+
+
+#: The test each string matcher kind compiles to (made once, at config load).
+_TESTS: dict[str, Callable[[str], Callable[[str], bool]]] = {
+    "exact": _exact_test,
+    "prefix": _prefix_test,
+    "suffix": _suffix_test,
+}
 
 
 def _key_values(sec: Section, key: str) -> tuple[tuple[str, str], ...]:

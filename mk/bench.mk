@@ -23,13 +23,13 @@ bench-tools: $(BENCH_BINARIES)
 
 # The whole report: protocols side by side (direct / HAProxy / metaproxy), then the added cost of
 # filters (Lua, WASM), of observability, and route-update latency. Each part prints its own table.
-bench: bench-protocols bench-codecs bench-lua bench-wasm bench-observability bench-xds
+bench: compiled bench-protocols bench-codecs bench-lua bench-wasm bench-observability bench-xds
 
-bench-protocols: venv deps-bench bench-tools
+bench-protocols: venv deps-bench bench-tools compiled
 	$(BENCH_PYTHON) bench/run.py --build $(BENCH_BUILD) --rounds $(BENCH_ROUNDS) $(BENCH_ARGS)
 
 # Instructions per proxied request under valgrind (load-independent; ~1 min per scenario).
-bench-icount: venv deps-bench bench-tools
+bench-icount: venv deps-bench bench-tools compiled
 	@for s in tinyrpc thrift dubbo; do $(BENCH_PYTHON) bench/icount.py --scenario $$s || exit 1; done
 
 bench-profile: venv deps-bench bench-tools

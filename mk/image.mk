@@ -19,7 +19,7 @@ deps-image:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-image: deps-image venv
+image: deps-image venv compiled
 	conf/image/build.sh $(IMAGE_OUT) $(IMAGE_PYTHON)
 
 image-test: deps-image

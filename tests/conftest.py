@@ -8,8 +8,26 @@ from typing import Any
 
 import pytest
 
+from metaproxy import compiled
 from metaproxy.testing.harness import ProxyProcess
 from metaproxy_codecs.tinyrpc.sample import TinyRpcServer
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    state = compiled.STATE
+    return f"metaproxy hot path: {state['mode']}" + (f" ({state['reason']})" if state["reason"] else "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With the hot path compiled, leave out the tests marked ``interpreted``: they swap a module's
+    functions to watch which path its code takes, and compiled code calls its own functions directly.
+    ``make test`` runs them in its second, interpreted pass (METAPROXY_COMPILED=0)."""
+    if compiled.STATE["mode"] != "compiled":
+        return
+    left_out = [item for item in items if item.get_closest_marker("interpreted")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not item.get_closest_marker("interpreted")]
 
 
 @pytest.fixture

@@ -255,6 +255,8 @@ class DubboCodec(Codec):
 
     def _decode_request(self, frame: bytes, flag: int, metadata: Metadata, state: _State) -> None:
         memo = self._request_head
+        items: dict[str, str]
+        reader: Hessian2Reader | None
         if memo is not None and frame.startswith(memo[0], HEADER_SIZE):
             # The same five strings as this connection's last request (clients call the same
             # method over and over): the same bytes read the same, so they are not read again,
@@ -272,7 +274,7 @@ class DubboCodec(Codec):
                     fields.append(reader.read_string())
                 pos = reader.pos
             dubbo_version, interface, version, method, desc = fields
-            items: dict[str, str] = {}
+            items = {}
             if dubbo_version is not None:
                 items["dubbo_version"] = dubbo_version
             if interface is not None:
@@ -313,6 +315,7 @@ class DubboCodec(Codec):
                     metadata["error_message"] = message
             return
         pos = HEADER_SIZE
+        reader: Hessian2Reader | None
         if len(frame) > pos and 0x90 <= frame[pos] <= 0x95:
             result_flag = frame[pos] - 0x90  # flags 0-5 as Java writes them: one-octet ints
             pos += 1
@@ -347,6 +350,7 @@ class DubboCodec(Codec):
         classes, and a reader is made only if the map is not the memo's.
         """
         tag = buf[start] if start < len(buf) else -1
+        items: list[tuple[str, str]]
         if tag == 0x48 or tag == 0x4D:
             memo = self._attachments
             if memo is not None and len(buf) - start == len(memo[0]) and buf.endswith(memo[0]):
@@ -389,7 +393,7 @@ class DubboCodec(Codec):
                 values.append(_as_text(reader.read_scalar()))
                 ends.append(reader.pos - pairs_start)
             reader.pos += 1
-            items: list[tuple[str, str]] = []
+            items = []
             pairs = iter(values)
             for key in pairs:
                 value = next(pairs)

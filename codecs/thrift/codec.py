@@ -103,9 +103,6 @@ def _option(options: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> s
 
 class ThriftCodec(Codec):
     name = "thrift"
-    #: Class default, for tools that look at the class; each instance sets its own in __init__
-    #: (False for unframed and auto transports, see docs/thrift.md).
-    multiplexing = True
 
     def __init__(self, options: Mapping[str, Any] | None = None, direction: Direction = Direction.REQUEST,
                  max_message_bytes: int = 4 * 1024 * 1024) -> None:
@@ -116,7 +113,7 @@ class ThriftCodec(Codec):
         # and be matched by seqid; unframed peers answer strictly in order, and with
         # `auto` the framing is unknown until the first bytes arrive, after the
         # server has already chosen its pool.
-        self.multiplexing = self.transport in (FRAMED, HEADER)
+        self._multiplexing = self.transport in (FRAMED, HEADER)
         #: Whether a framed message starting 0x80 0x01 may take the strict binary fast path (`auto`
         #: would detect it as framed binary too; a codec set to compact or unframed must refuse or
         #: read it otherwise, which the general path does).
@@ -124,6 +121,12 @@ class ThriftCodec(Codec):
         self.mutations_dropped = 0
         self._min_needed = 0  # unframed: the buffer must reach this size before another walk
         self._last: _State | None = None  # what the last message looked like, for on_error
+
+    @property
+    def multiplexing(self) -> bool:  # type: ignore[override]
+        """Per connection, from the transport (False for unframed and auto, see docs/thrift.md); a
+        property because a compiled instance has no ``__dict__`` to shadow the class flag in."""
+        return self._multiplexing
 
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> list[str]:
@@ -442,7 +445,7 @@ class ThriftCodec(Codec):
         name = str(metadata.get("method", ""))
         if metadata.get("service"):
             name = f"{metadata['service']}{SERVICE_SEPARATOR}{name}"
-        mtype = {v: k for k, v in _TYPES.items()}.get(metadata.get("message_type"), CALL)
+        mtype = {v: k for k, v in _TYPES.items()}.get(metadata.get("message_type"), CALL)  # type: ignore[arg-type]
         transport, proto, _ = self._shape(None)
         message = bytearray()
         proto.write_head(message, name, mtype, int(metadata.get("request_id", 0)), True)

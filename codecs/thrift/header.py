@@ -172,7 +172,7 @@ def _block_headers(frame: bytes, start: int, end: int) -> dict[str, str]:
     return headers
 
 
-def build(out: bytearray, flags: int, seq_id: int, section: bytes, body: bytes | memoryview) -> None:
+def build(out: bytearray, flags: int, seq_id: int, section: bytes, body: bytes | bytearray | memoryview) -> None:
     """Append a THeader frame: ``section`` is padded to a multiple of 4 here."""
     pad = (-len(section)) % 4
     words = (len(section) + pad) // 4

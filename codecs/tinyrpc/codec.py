@@ -25,6 +25,8 @@ import struct
 from collections.abc import Mapping
 from operator import itemgetter
 from typing import Any
+from mypy_extensions import mypyc_attr
+
 
 from metaproxy.codec import DONE, WAIT_FOR_DATA, Codec, CodecError, DecodeStatus, take
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
@@ -58,6 +60,7 @@ _RESERVED_KEYS = frozenset(("request_id", "message_type", "response_status", "se
                             "header_size", "body_size", "status"))
 
 
+@mypyc_attr(native_class=False)  # a tuple subclass: compiled, it stays a Python class
 class _State(tuple):
     """Where the header section lies in the frame, so encode can patch or rebuild it.
 
@@ -268,7 +271,7 @@ class TinyRpcCodec(Codec):
         """Write a message from metadata alone (local replies, tools, tests)."""
         if type_ is None:
             type_ = {v: k for k, v in _TYPES.items() if k != TYPE_HEARTBEAT_REPLY}.get(
-                metadata.get("message_type"), TYPE_REQUEST)
+                metadata.get("message_type"), TYPE_REQUEST)  # type: ignore[arg-type]
         if status is None:
             status = 1 if metadata.get("response_status") == ResponseStatus.ERROR else 0
         headers: dict[str, Any] = {k: str(v) for k, v in metadata.str_items()

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import gevent
 
 from metaproxy.chain import Filter, FilterEnv, RequestContext
+from metaproxy.codec import Codec
 from metaproxy.message import ErrorType, MessageType, Metadata, Mutation, ProxyError, ResponseStatus
 from metaproxy.observer import overriding
 from metaproxy.router import Route
@@ -66,7 +67,7 @@ class RouterFilter(Filter):
         services = env.services
         self.clusters = services.get("clusters")
         self.protocol_key: str = services.get("protocol_key", env.protocol)
-        self.codec_factory = services.get("upstream_codec_factory")
+        self.codec_factory: Callable[[], Codec] = services.get("upstream_codec_factory")  # type: ignore[assignment]
         self.multiplexing: bool = services.get("multiplexing", True)
         self.listener_stats = services.get("listener_stats")
         self.observers = services.get("observers", [])
@@ -270,7 +271,7 @@ class RouterFilter(Filter):
             cluster.choose(ctx.metadata, route.hash_policy)
         pool = cluster.pool(endpoint, self.protocol_key, self.codec_factory, self.multiplexing,
                             self.reads_responses or route.response_mutation)
-        conn = pool.ready_connection() if self.multiplexing else None
+        conn = pool.ready_connection() if self.multiplexing else None  # type: ignore[union-attr]
         if conn is None:
             ctx.suspended = True
             RUNNER.spawn(self._send_then_resume, ctx, route, cluster, oneway, endpoint)
@@ -300,7 +301,7 @@ class RouterFilter(Filter):
             error = err
         except Exception as exc:
             error = _internal_error(exc)
-        ctx.resume(ctx, error)
+        ctx.resume(ctx, error)  # type: ignore[misc]
 
     def _retry_then_resume(self, call: _Resume) -> None:
         ctx, route, cluster = call.ctx, call.route, call.cluster
@@ -316,7 +317,7 @@ class RouterFilter(Filter):
             error = _internal_error(exc)
         finally:
             self._leave(ctx, cluster)
-        ctx.resume(ctx, error)
+        ctx.resume(ctx, error)  # type: ignore[misc]
 
     @staticmethod
     def _retryable(reason: str | None, policy: Any, ctx: RequestContext, oneway: bool, cluster: Cluster,
@@ -399,7 +400,11 @@ class _Resume:
         self.per_try = per_try
         self.attempt = attempt
         self.done = False
-        self.timer = None
+        self.timer: Any = None
+        # Set by the connection that queues it (every attribute assigned here: compiled, an instance
+        # has exactly these).
+        self.conn: Any = None
+        self.upstream_id = 0
 
     def switch(self, value: object) -> None:
         """The upstream answered (a response, a ProxyError, or the try's timer): go on, in the hub."""

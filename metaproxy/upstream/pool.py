@@ -37,6 +37,7 @@ from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError
 from metaproxy.netio import SCRATCH, SCRATCH_VIEW, kernel_socket, send_all, send_now
 from metaproxy.stats import ClusterStats
 from metaproxy.upstream.endpoint import Endpoint
+from metaproxy.upstream.waiter import Call as _Call
 
 log = logging.getLogger("metaproxy.upstream")
 
@@ -164,25 +165,6 @@ class WriteBatch:
 TIMED_OUT = object()
 
 
-class _Call(Waiter):
-    """A greenlet waiting for its response: a hub Waiter the response, an error or the timer resolves.
-
-    Cheaper than AsyncResult + gevent.Timeout (no link lists, no Timeout
-    object per request), and a Waiter itself rather than an object holding
-    one (no Python-level constructor).
-
-    Everything :meth:`MultiplexConnection.start` keeps in ``pending`` has this
-    shape (``done``, ``timer``, ``conn``, ``upstream_id`` and ``switch(value)``):
-    the router's requests served in the hub's callbacks put a continuation
-    there instead of a waiting greenlet.
-    """
-
-    done = False
-    timer = None
-    conn = None
-    upstream_id = 0
-
-
 def _deliver(call: Any, value: object) -> None:
     """Resolve a pending request once (the response, an error or the timer, whichever comes first). In the hub."""
     if not call.done:
@@ -259,7 +241,7 @@ class MultiplexConnection:
             self.limits.pending -= 1
 
     def start(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool, call: Any) -> None:
-        """Queue one request; ``call`` (see :class:`_Call`) is resolved later, in the hub. Never blocks.
+        """Queue one request; ``call`` (see :class:`metaproxy.upstream.waiter.Call`) is resolved later, in the hub. Never blocks.
 
         A oneway ``call`` is resolved with None once its bytes are written (or
         with the ProxyError if they cannot be); any other with the response,
@@ -391,7 +373,7 @@ class MultiplexConnection:
                     if self.out and not self.flush_scheduled:
                         self._schedule_flush()
                     continue
-                call = pending.pop(md.get("request_id"), None)
+                call = pending.pop(md.get("request_id"), None)  # type: ignore[arg-type]
                 if call is None:
                     if not 0 < (md.get("request_id") or 0) <= self.next_id:
                         self.stats.upstream_rq_unknown_id.inc()
@@ -479,8 +461,10 @@ def timed_out(timeout: float | None) -> ProxyError:
 class MultiplexPool(_Pool):
     """Up to ``size`` connections to one endpoint; each request goes to the least busy one."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
+                 limits: Limits, connect_timeout: float, tls: UpstreamTls | None = None,
+                 idle_timeout: float = 60.0) -> None:
+        super().__init__(endpoint, codec_factory, size, stats, limits, connect_timeout, tls, idle_timeout)
         self.connections: list[MultiplexConnection] = []
         #: Responses are only passed back until a request needs more (the router calls
         #: :meth:`read_responses_fully` before sending it): for good, since connections are shared.
@@ -636,8 +620,10 @@ class ExclusiveConnection:
 class ExclusivePool(_Pool):
     """Idle connections to one endpoint, each lent to one request at a time (or leased to a client)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, endpoint: Endpoint, codec_factory: CodecFactory, size: int, stats: ClusterStats,
+                 limits: Limits, connect_timeout: float, tls: UpstreamTls | None = None,
+                 idle_timeout: float = 60.0) -> None:
+        super().__init__(endpoint, codec_factory, size, stats, limits, connect_timeout, tls, idle_timeout)
         self.max_idle = max(self.size, 16)
         self.idle: list[ExclusiveConnection] = []
 

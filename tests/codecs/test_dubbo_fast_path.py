@@ -47,6 +47,10 @@ from metaproxy_codecs.dubbo.hessian2 import (
 from tests.fuzz import messages as m
 from tests.fuzz.props import FAST, mutate
 
+#: Tests that swap a module global of the codec to compare its fast and general paths: compiled code
+#: calls its own functions directly, so they run in the interpreted pass of `make test` (tests/conftest.py).
+INTERPRETED = pytest.mark.interpreted
+
 
 def s(text: str) -> bytes:
     out = bytearray()
@@ -238,6 +242,7 @@ HEADS = {
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
+@INTERPRETED
 def test_request_headers(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     head = HEADS[name]
     args = tuple(s("w") for _ in range(60)) if name == "long descriptor" else (s("world"),)
@@ -246,6 +251,7 @@ def test_request_headers(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("value", ["", "v" * 31, "v" * 32, "v" * 1023, "v" * 1024, "\u00e9t\u00e9", "\u4e2d"])
+@INTERPRETED
 def test_attachment_values_at_the_fast_path_boundaries(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
     attach = attachments((s("path"), s("p")), (s("x-user"), s(value)), (s("tail"), s("t")))
     seen = same_both_ways([request(attach=attach), request(attach=attach, request_id=2)], monkeypatch)
@@ -269,10 +275,12 @@ def test_attachment_values_at_the_fast_path_boundaries(value: str, monkeypatch: 
     attachments((s("bin"), b"\x23abc"), (s("x-user"), s("alice"))),  # 3-byte binary
     b"I",
 ])
+@INTERPRETED
 def test_attachment_maps(attach: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     same_both_ways([request(attach=attach), request(attach=attach, request_id=2), request()], monkeypatch)
 
 
+@INTERPRETED
 def test_a_remembered_map_moves_with_the_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     attach = attachments((s("path"), s("p")), (s("x-user"), s("alice")))
     frames = [request(attach=attach), request(args=(s("w" * 300),), attach=attach), request(attach=attach)]
@@ -281,6 +289,7 @@ def test_a_remembered_map_moves_with_the_arguments(monkeypatch: pytest.MonkeyPat
     assert seen[0][10] == seen[1][10]  # offsets are relative to the map's first pair
 
 
+@INTERPRETED
 def test_a_map_of_the_same_length_with_other_bytes_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
     first = attachments((s("x-user"), s("alice")))
     second = attachments((s("x-user"), s("alica")))
@@ -288,6 +297,7 @@ def test_a_map_of_the_same_length_with_other_bytes_is_read_again(monkeypatch: py
     assert dict(seen[1][0])["x-user"] == "alica"
 
 
+@INTERPRETED
 def test_a_map_that_ends_with_the_remembered_one_is_not_taken_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
     last = attachments((s("k2"), s("v2")))
     longer = attachments((s("k1"), s("xH")), (s("k2"), s("v2")))  # its tail is the bytes of ``last``
@@ -296,6 +306,7 @@ def test_a_map_that_ends_with_the_remembered_one_is_not_taken_for_it(monkeypatch
     assert dict(seen[1][0])["k1"] == "xH"
 
 
+@INTERPRETED
 def test_a_map_that_refers_to_a_class_is_never_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
     # The argument defines class #0 (one field); an attachment value is an object of that class.
     class_def = b"C" + s("org.example.V") + write_int_bytes(1) + s("id")
@@ -308,6 +319,7 @@ def test_a_map_that_refers_to_a_class_is_never_remembered(monkeypatch: pytest.Mo
     assert seen[1][0] == "error"
 
 
+@INTERPRETED
 def test_same_head_other_arguments_and_attachments(monkeypatch: pytest.MonkeyPatch) -> None:
     frames = [request(), request(args=(s("planet"),)),
               request(attach=attachments((s("x-user"), s("bob")))), request(args=(write_int_bytes(1),))]
@@ -316,6 +328,7 @@ def test_same_head_other_arguments_and_attachments(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("cut", range(16, 16 + len(request()) - 16))
+@INTERPRETED
 def test_every_cut_body_fails_the_same(cut: int, monkeypatch: pytest.MonkeyPatch) -> None:
     frame = request()
     body_len = cut - 16
@@ -323,6 +336,7 @@ def test_every_cut_body_fails_the_same(cut: int, monkeypatch: pytest.MonkeyPatch
     same_both_ways([frame, short, frame], monkeypatch)
 
 
+@INTERPRETED
 def test_frames_from_real_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     frames = [*SSL_REQUESTS, *SSL_REQUESTS, js_frames()["sayHello"], js_frames()["all argument types"],
               js_frames()["no arguments"], js_frames()["sayHello"],
@@ -332,6 +346,7 @@ def test_frames_from_real_clients(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("flag", [b"\x90", b"\x91", b"\x92", b"\x93", b"\x94", b"\x95", b"\x96", b"\x8f",
                                   b"I\x00\x00\x00\x01", b"\xc8\x04", b"\xd4\x00\x02", b"N", b""])
+@INTERPRETED
 def test_response_flags_in_every_encoding(flag: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     value = b"" if flag in (b"\x92", b"\x95", b"\xd4\x00\x02") else s("x" * 8)
     attach = attachments((s("x-served-by"), s("p1"))) if flag in (b"\x93", b"\x94", b"\x95") else b""
@@ -339,6 +354,7 @@ def test_response_flags_in_every_encoding(flag: bytes, monkeypatch: pytest.Monke
     same_both_ways([frame, frame], monkeypatch, Direction.RESPONSE)
 
 
+@INTERPRETED
 def test_the_fast_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     codec = DubboCodec()
     calls = []
@@ -352,6 +368,7 @@ def test_the_fast_paths_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls[0] == 5 and len(calls) == 2
 
 
+@INTERPRETED
 def test_plain_arguments_and_results_are_skipped_without_a_reader(monkeypatch: pytest.MonkeyPatch) -> None:
     made = []
 
@@ -419,6 +436,7 @@ def test_passthrough_reads_what_decode_reads_and_encodes_alike(sample: m.Sample,
     assert outputs[0] == outputs[1]
 
 
+@INTERPRETED
 def test_passthrough_reads_only_the_header_and_the_result_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dubbo_codec, "Hessian2Reader", None)  # any read of the body would fail
     monkeypatch.setattr(dubbo_codec, "skip_plain", None)

@@ -156,6 +156,7 @@ def _conformance(transport: str, protocol: str, options: dict[str, str] | None =
     shape = dict(transport=transport, protocol=protocol, **extra)
     return type(f"Conformance_{transport}_{protocol}", (CodecConformance,), {
         "codec_class": ThriftCodec,
+        "request_ids": True,  # every transport carries the seqid (unframed ones just answer in order)
         "options": options if options is not None else {"transport": transport, "protocol": protocol},
         "requests": requests_for(**shape),
         "responses": responses_for(**shape),

@@ -73,6 +73,7 @@ def same_both_ways(data: bytes, options: dict[str, Any] | None = None, **kwargs:
     return fast
 
 
+@pytest.mark.interpreted  # swaps a method of the class: compiled, its callers call the method directly
 def test_the_fast_path_is_taken_for_the_common_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     def general_path(*args: Any) -> None:
         raise AssertionError("the general path ran")

@@ -7,24 +7,43 @@ whose pick does that work.
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Iterator
+
+import pytest
 
 from metaproxy.stats import ClusterStats, StatsStore
 from metaproxy.upstream.endpoint import Endpoint
-from metaproxy.upstream.pool import Limits, MultiplexPool
+from metaproxy.upstream.pool import Limits, MultiplexConnection, MultiplexPool
+from metaproxy_codecs.tinyrpc import TinyRpcCodec
+
+_SOCKETS: list[socket.socket] = []
 
 
-class FakeConnection:
-    """What ready_connection reads of a MultiplexConnection."""
-
-    def __init__(self, pending: int = 0, connected: bool = True, closed: bool = False, idle_for: float = 0.0):
-        self.sock = object() if connected else None
-        self.closed = closed
-        self.pending = dict.fromkeys(range(pending))
-        self.last_used = time.monotonic() - idle_for
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
+    while _SOCKETS:
+        _SOCKETS.pop().close()
 
 
-def pool(*conns: FakeConnection, size: int = 2, idle_timeout: float = 60.0) -> MultiplexPool:
+def FakeConnection(pending: int = 0, connected: bool = True, closed: bool = False,
+                   idle_for: float = 0.0) -> MultiplexConnection:
+    """A never-connected MultiplexConnection with the state ready_connection reads set by hand (a real
+    one, not a look-alike: compiled, the pool checks what its list holds)."""
+    conn = MultiplexConnection(Endpoint("127.0.0.1", 1), TinyRpcCodec(), ClusterStats(StatsStore(), "c"),
+                               Limits(8, 8), 1.0)
+    if connected:
+        conn.sock = socket.socket()  # never connected: nothing here reads or writes it
+        _SOCKETS.append(conn.sock)
+    conn.closed = closed
+    conn.pending = dict.fromkeys(range(pending))
+    conn.last_used = time.monotonic() - idle_for
+    return conn
+
+
+def pool(*conns: MultiplexConnection, size: int = 2, idle_timeout: float = 60.0) -> MultiplexPool:
     p = MultiplexPool(Endpoint("127.0.0.1", 1), lambda: None, size, ClusterStats(StatsStore(), "c"),
                       Limits(8, 8), 1.0, None, idle_timeout)
     p.connections = list(conns)
