@@ -58,7 +58,8 @@ deps: venv deps-apt
 # the fallback every checkout can run, and the tests marked `interpreted` (they watch the inner paths
 # of interpreted code) run there.
 INTERPRETED_TESTS ?= tests/unit tests/codecs tests/e2e/test_tinyrpc_proxy.py tests/e2e/test_serving_paths.py \
-	tests/e2e/test_response_passthrough.py tests/e2e/test_filters_see_the_same_request.py
+	tests/e2e/test_response_passthrough.py tests/e2e/test_filters_see_the_same_request.py \
+	tests/observability/test_accesslog.py tests/observability/test_stats.py
 
 test: deps compiled
 	METAPROXY_COMPILED=require $(PY) -m pytest $(PYTEST_ARGS)

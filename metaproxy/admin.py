@@ -32,6 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from metaproxy import compiled
 from metaproxy.settings import parse_duration
 from metaproxy.stats import Counter, Gauge, Histogram, StatsStore
 
@@ -212,6 +213,9 @@ def config_dump(proxy: Any) -> dict[str, Any]:
         "clusters": [_cluster_dump(c) for c in proxy.clusters.clusters.values()],
         "access_log": [vars(a) for a in proxy.config.access_log],
         "tracing": proxy.config.tracing,
+        # Whether this process runs the hot path as mypyc compiled it, and if not why (metaproxy/compiled.py).
+        "hot_path": {"mode": compiled.STATE["mode"], "reason": compiled.STATE["reason"],
+                     "modules": len(compiled.STATE["modules"])},
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from metaproxy import downstream
+from metaproxy import compiled, downstream
 from metaproxy.config import ListenerConfig, ProxyConfig
 from metaproxy.heap import settle_heap
 from metaproxy.observer import RequestObserver
@@ -50,6 +50,11 @@ class Proxy:
 
     # -- start / stop --------------------------------------------------------------
     def start(self) -> None:
+        state = compiled.STATE
+        if state["mode"] == "compiled":
+            log.info("hot path: compiled (%d modules)", len(state["modules"]))
+        else:
+            log.info("hot path: interpreted (%s)", state["reason"])
         for cluster in self.clusters.clusters.values():
             self._start_cluster_services(cluster)
         for listener in self.listeners.values():

@@ -45,7 +45,7 @@ class Gauge:
 _SEARCH_KEYS: dict[tuple[float, ...], tuple[float, ...]] = {}
 
 
-def _search_keys(bounds: tuple[float, ...]) -> tuple[float, ...]:
+def _search_keys(bounds: tuple[float | int, ...]) -> tuple[float, ...]:
     """The bounds as floats, one shared tuple per distinct bounds (so histograms can tell they match)."""
     bounds = tuple(bounds)
     keys = _SEARCH_KEYS.get(bounds)
@@ -75,19 +75,20 @@ class Histogram:
 
     __slots__ = ("_bounds", "_keys", "_counts", "_sum", "_count", "pending")
 
-    def __init__(self, bounds: tuple[float, ...] = DEFAULT_BUCKETS_MS) -> None:
+    def __init__(self, bounds: tuple[float | int, ...] = DEFAULT_BUCKETS_MS) -> None:
         self.pending: list[float] = []
         self.bounds = bounds
         self._counts = [0] * (len(bounds) + 1)
         self._sum = 0.0
         self._count = 0
 
+    # ``float | int``, not ``float``: compiled, a float-typed value is a C double and 10 would print 10.0.
     @property
-    def bounds(self) -> tuple[float, ...]:
+    def bounds(self) -> tuple[float | int, ...]:
         return self._bounds
 
     @bounds.setter
-    def bounds(self, bounds: tuple[float, ...]) -> None:
+    def bounds(self, bounds: tuple[float | int, ...]) -> None:
         if self.pending:
             self.fold()  # values observed under the old bounds count in the old buckets
         self._bounds = bounds
@@ -153,7 +154,7 @@ class Histogram:
         self.fold()
         self._count = value
 
-    def quantile(self, q: float) -> float:
+    def quantile(self, q: float) -> float | int:
         """The upper bound of the bucket holding quantile ``q`` (0 when empty)."""
         count = self.count
         if not count:
