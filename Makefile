@@ -57,9 +57,7 @@ deps: venv deps-apt
 # Then the unit, codec and core end-to-end tests on the interpreted sources (METAPROXY_COMPILED=0):
 # the fallback every checkout can run, and the tests marked `interpreted` (they watch the inner paths
 # of interpreted code) run there.
-INTERPRETED_TESTS ?= tests/unit tests/codecs tests/e2e/test_tinyrpc_proxy.py tests/e2e/test_serving_paths.py \
-	tests/e2e/test_response_passthrough.py tests/e2e/test_filters_see_the_same_request.py \
-	tests/observability/test_accesslog.py tests/observability/test_stats.py
+INTERPRETED_TESTS ?= tests/unit tests/codecs tests/e2e tests/observability tests/traffic
 
 test: deps compiled
 	METAPROXY_COMPILED=require $(PY) -m pytest $(PYTEST_ARGS)
