@@ -108,7 +108,7 @@ def _ratios(pairs: list[tuple[float | None, float | None]]) -> str:
 
 #: Which metaproxy row is compared with which HAProxy row: one process with one thread, and two
 #: processes with two threads (each free to use both cores).
-PAIRS = (("metaproxy", "haproxy"), ("metaproxy-2w", "haproxy-2t"))
+PAIRS = (("metaproxy", "haproxy"), ("metaproxy-py", "haproxy"), ("metaproxy-2w", "haproxy-2t"))
 
 
 def ratios_table(rows: list[Row], pairs: tuple[tuple[str, str], ...] = PAIRS) -> str:

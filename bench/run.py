@@ -150,7 +150,7 @@ def measure_once(scenario: Scenario, target: Target, upstream: Service, proxy: S
 
 
 #: The targets that use one core: what ``--pin`` can place on a core of their own.
-ONE_CORE = ("haproxy", "metaproxy")
+ONE_CORE = ("haproxy", "metaproxy", "metaproxy-py")
 PROXY_CPU, LOAD_CPU = 0, 1
 
 
