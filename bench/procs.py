@@ -243,4 +243,5 @@ def start_metaproxy(workdir: Path, listener_protocol: dict[str, Any], upstream_p
     cfg.write_text(yaml.safe_dump(metaproxy_config(listener_protocol, upstream_port, port, workers), sort_keys=False))
     prefix = list(launcher) if launcher else [sys.executable, "-m", "metaproxy.cli"]
     return start_listening("metaproxy", [*prefix, "run", "-c", str(cfg)], port, workdir / "metaproxy.log",
-                           cwd=workdir, env={"PYTHONUNBUFFERED": "1", "METAPROXY_COMPILED": "require" if compiled else "0"})
+                           cwd=workdir,
+                           env={"PYTHONUNBUFFERED": "1", "METAPROXY_COMPILED": "require" if compiled else "0"})

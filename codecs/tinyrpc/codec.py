@@ -25,8 +25,8 @@ import struct
 from collections.abc import Mapping
 from operator import itemgetter
 from typing import Any
-from mypy_extensions import mypyc_attr
 
+from mypy_extensions import mypyc_attr
 
 from metaproxy.codec import DONE, WAIT_FOR_DATA, Codec, CodecError, DecodeStatus, take
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus

@@ -241,7 +241,8 @@ class MultiplexConnection:
             self.limits.pending -= 1
 
     def start(self, metadata: Metadata, mutation: dict, timeout: float | None, oneway: bool, call: Any) -> None:
-        """Queue one request; ``call`` (see :class:`metaproxy.upstream.waiter.Call`) is resolved later, in the hub. Never blocks.
+        """Queue one request; ``call`` (see :class:`metaproxy.upstream.waiter.Call`) is resolved later, in the
+        hub. Never blocks.
 
         A oneway ``call`` is resolved with None once its bytes are written (or
         with the ProxyError if they cannot be); any other with the response,
