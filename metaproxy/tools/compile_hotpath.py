@@ -48,6 +48,11 @@ HOT_MODULES: tuple[str, ...] = (
     "metaproxy_codecs.thrift.codec",
     "metaproxy_codecs.dubbo.hessian2",
     "metaproxy_codecs.dubbo.codec",
+    # The WASM filter's host (docs/wasm.md, "Cost"): its per-request Python runs compiled.
+    "metaproxy.wasm.native",
+    "metaproxy.wasm.host",
+    "metaproxy.wasm.vm",
+    "metaproxy.wasm.filter",
 )
 
 #: The mypyc group's name: its shared library is the top-level module ``GROUP__mypyc``.

@@ -47,7 +47,8 @@ from metaproxy.settings import Section
 from metaproxy.stats import StatsStore
 from metaproxy.wasm.metrics import MetricRegistry
 from metaproxy.wasm.native import WasmTrap
-from metaproxy.wasm.vm import FORKS, StreamSentinel, VmSpec, WasmModuleError, WasmVm
+from metaproxy.wasm.sentinel import StreamSentinel
+from metaproxy.wasm.vm import FORKS, VmSpec, WasmModuleError, WasmVm
 
 log = logging.getLogger("metaproxy.wasm")
 
@@ -220,9 +221,10 @@ class WasmFilter(Filter):
     def on_request(self, ctx: RequestContext) -> ProxyError | None:
         vm = self._vm
         if vm.broken is not None or vm.finished_elsewhere or vm.forks != FORKS[0] or vm.renew:
-            vm = self._ready_vm()
-            if isinstance(vm, ProxyError):
-                return None if self.fail_open else vm
+            ready = self._ready_vm()
+            if isinstance(ready, ProxyError):
+                return None if self.fail_open else ready
+            vm = ready
         try:
             stream, reply = vm.request_headers(ctx)
         except WasmTrap as trap:

@@ -20,7 +20,6 @@ instance), and log lines are kept in :attr:`AbiHost.logs` until the call returns
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import struct
@@ -97,19 +96,17 @@ class Stream:
     ``ctx`` (the RequestContext) is set only while a callback for this stream
     runs: the request's ``ctx.scratch`` holds the stream's sentinel, and a
     reference back would keep both alive after the request is gone.
-    The VM makes one per request without calling ``__init__`` (a Python frame
-    less): it sets ``context_id``, ``ctx`` and ``generation``; the other fields
-    start as the class defaults below.
+    Every field is assigned in ``__init__`` (compiled with mypyc, a native class has
+    exactly the attributes its ``__init__`` sets, and the call is a C call).
     """
-
-    local_reply: ProxyError | None = None
-    continued = False
-    finished = False
 
     def __init__(self, context_id: int, ctx: Any, generation: int) -> None:
         self.context_id = context_id
         self.ctx = ctx
         self.generation = generation
+        self.local_reply: ProxyError | None = None
+        self.continued = False
+        self.finished = False
 
 
 class Identity:
@@ -364,7 +361,7 @@ class AbiHost:
         allocate = self.allocate
         if allocate is None:
             return abi.INTERNAL_FAILURE
-        ptr = allocate(size)  # may grow the memory: the bounds checks below re-read its size if needed
+        ptr = allocate(size) or 0  # may grow the memory: the bounds checks below re-read its size if needed
         end = ptr + size
         if not ptr or (end > memory.limit and not memory.reaches(end)):  # type: ignore[union-attr]
             return abi.INVALID_MEMORY_ACCESS
@@ -452,10 +449,10 @@ class AbiHost:
         return abi.OK
 
     def proxy_get_log_level(self, ret_ptr: int) -> int:
-        return abi.OK if self.memory.write_u32(ret_ptr, self.log_threshold()) else abi.INVALID_MEMORY_ACCESS
+        return abi.OK if self.memory.write_u32(ret_ptr, self.log_threshold()) else abi.INVALID_MEMORY_ACCESS  # type: ignore[union-attr]
 
     def proxy_get_current_time_nanoseconds(self, ret_ptr: int) -> int:
-        return abi.OK if self.memory.write_u64(ret_ptr, time.time_ns()) else abi.INVALID_MEMORY_ACCESS
+        return abi.OK if self.memory.write_u64(ret_ptr, time.time_ns()) else abi.INVALID_MEMORY_ACCESS  # type: ignore[union-attr]
 
     def proxy_set_tick_period_milliseconds(self, period: int) -> int:
         self.tick_period_ms = period
@@ -504,7 +501,7 @@ class AbiHost:
         data = self._buffer(buffer_type)
         if isinstance(data, int):
             return data
-        ok = self.memory.write_u32_pair(size_ptr, len(data), flags_ptr, 0)
+        ok = self.memory.write_u32_pair(size_ptr, len(data), flags_ptr, 0)  # type: ignore[union-attr]
         return abi.OK if ok else abi.INVALID_MEMORY_ACCESS
 
     def proxy_set_buffer_bytes(self, buffer_type: int, *_rest: int) -> int:
@@ -521,7 +518,7 @@ class AbiHost:
         if maps is None:
             return abi.BAD_ARGUMENT if map_type > abi.MAP_MAX else abi.NOT_FOUND
         size = len(abi.serialize_pairs(self.view_pairs(*maps)))
-        return abi.OK if self.memory.write_u32(size_ptr, size) else abi.INVALID_MEMORY_ACCESS
+        return abi.OK if self.memory.write_u32(size_ptr, size) else abi.INVALID_MEMORY_ACCESS  # type: ignore[union-attr]
 
     def proxy_get_header_map_pairs(self, map_type: int, ptr_ptr: int, size_ptr: int) -> int:
         maps = self._maps(map_type)
@@ -618,9 +615,15 @@ class AbiHost:
         _store(mutation, key, value)
         return _OK
 
-    # (map_type, key_ptr, key_size, value_ptr, value_size) -> status; partials, so a call is one Python frame.
-    proxy_add_header_map_value = functools.partialmethod(_write_value, True)
-    proxy_replace_header_map_value = functools.partialmethod(_write_value, False)
+    # Methods, not functools.partialmethod: a compiled (mypyc) class has no descriptors of that kind. With the
+    # host shim most writes never get here (they are recorded in WebAssembly).
+    def proxy_add_header_map_value(self, map_type: int, key_ptr: int, key_size: int, value_ptr: int,
+                                   value_size: int) -> int:
+        return self._write_value(True, map_type, key_ptr, key_size, value_ptr, value_size)
+
+    def proxy_replace_header_map_value(self, map_type: int, key_ptr: int, key_size: int, value_ptr: int,
+                                       value_size: int) -> int:
+        return self._write_value(False, map_type, key_ptr, key_size, value_ptr, value_size)
 
     def proxy_remove_header_map_value(self, map_type: int, key_ptr: int, key_size: int) -> int:
         maps = self._maps(map_type)
@@ -694,7 +697,7 @@ class AbiHost:
         if name is None:
             return abi.INVALID_MEMORY_ACCESS
         metric_id = self.metrics.define(metric_type, name)
-        return abi.OK if self.memory.write_u32(id_ptr, metric_id) else abi.INVALID_MEMORY_ACCESS
+        return abi.OK if self.memory.write_u32(id_ptr, metric_id) else abi.INVALID_MEMORY_ACCESS  # type: ignore[union-attr]
 
     def proxy_increment_metric(self, metric_id: int, delta: int) -> int:
         return self.metrics.increment(metric_id, delta)
@@ -706,7 +709,7 @@ class AbiHost:
         value = self.metrics.get(metric_id)
         if value is None:
             return abi.NOT_FOUND
-        return abi.OK if self.memory.write_u64(ret_ptr, value) else abi.INVALID_MEMORY_ACCESS
+        return abi.OK if self.memory.write_u64(ret_ptr, value) else abi.INVALID_MEMORY_ACCESS  # type: ignore[union-attr]
 
     # -- WASI preview1 ---------------------------------------------------------------------------------------
     def wasi_fd_write(self, fd: int, iovs: int, iovs_len: int, written_ptr: int) -> int:
@@ -728,7 +731,7 @@ class AbiHost:
         level = abi.LOG_INFO if fd == 1 else abi.LOG_ERROR
         self.logs.extend((level, line.decode("utf-8", "replace")) for line in lines)
         self._stdio[fd] = rest[-4096:]
-        if not self.memory.write_u32(written_ptr, sum(len(c) for c in chunks)):
+        if not self.memory.write_u32(written_ptr, sum(len(c) for c in chunks)):  # type: ignore[union-attr]
             return abi.WASI_FAULT
         return abi.WASI_SUCCESS
 
@@ -739,20 +742,20 @@ class AbiHost:
             now = time.monotonic_ns()
         else:
             return abi.WASI_NOTSUP
-        return abi.WASI_SUCCESS if self.memory.write_u64(ret_ptr, now) else abi.WASI_FAULT
+        return abi.WASI_SUCCESS if self.memory.write_u64(ret_ptr, now) else abi.WASI_FAULT  # type: ignore[union-attr]
 
     def wasi_clock_res_get(self, clock_id: int, ret_ptr: int) -> int:
         if clock_id > 1:
             return abi.WASI_NOTSUP
-        return abi.WASI_SUCCESS if self.memory.write_u64(ret_ptr, 1000) else abi.WASI_FAULT
+        return abi.WASI_SUCCESS if self.memory.write_u64(ret_ptr, 1000) else abi.WASI_FAULT  # type: ignore[union-attr]
 
     def wasi_random_get(self, ptr: int, size: int) -> int:
         if size > 65536:
             return abi.WASI_INVAL
-        return abi.WASI_SUCCESS if self.memory.write(ptr, os.urandom(size)) else abi.WASI_FAULT
+        return abi.WASI_SUCCESS if self.memory.write(ptr, os.urandom(size)) else abi.WASI_FAULT  # type: ignore[union-attr]
 
     def _zero_sizes(self, count_ptr: int, size_ptr: int) -> int:
-        return abi.WASI_SUCCESS if self.memory.write_u32_pair(count_ptr, 0, size_ptr, 0) else abi.WASI_FAULT
+        return abi.WASI_SUCCESS if self.memory.write_u32_pair(count_ptr, 0, size_ptr, 0) else abi.WASI_FAULT  # type: ignore[union-attr]
 
     def wasi_environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
         return self._zero_sizes(count_ptr, size_ptr)

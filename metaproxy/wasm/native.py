@@ -79,6 +79,9 @@ _increment_epoch = _proto("wasmtime_engine_increment_epoch", None, c_void_p)
 class WasmTrap(Exception):
     """A guest call ended in a trap: ``kind`` is interrupt | memory | trap | host | exit."""
 
+    kind: str
+    message: str
+
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
@@ -129,7 +132,7 @@ def _trap_from(error: int | None, trap: int | None, pending: BaseException | Non
         else:
             kind = "trap"
         return WasmTrap(kind, trap_reason(message) or str(code))
-    err = wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t)))
+    err = wasmtime.WasmtimeError._from_ptr(ctypes.cast(error or 0, ctypes.POINTER(ffi.wasmtime_error_t)))
     return WasmTrap("trap", trap_reason(str(err)))
 
 
@@ -212,38 +215,7 @@ def _make_call(ctx: int, func: Any, signature: str, failures: HostFailures) -> C
         return _trap_from(error, trap or None, pending)
 
     if params in ("", "i", "ii", "iii") and (has_result or not results):
-        nparams = len(params)
-        if nparams == 0:
-            def call() -> int | None:
-                error = call_raw(*call_args)
-                if error is not None or trap_view[0]:
-                    raise failed(error)
-                return u32[0] if has_result else None
-        elif nparams == 1:
-            def call(a: int) -> int | None:  # type: ignore[misc]
-                u32[0] = a
-                error = call_raw(*call_args)
-                if error is not None or trap_view[0]:
-                    raise failed(error)
-                return u32[0] if has_result else None
-        elif nparams == 2:
-            def call(a: int, b: int) -> int | None:  # type: ignore[misc]
-                u32[0] = a
-                u32[4] = b
-                error = call_raw(*call_args)
-                if error is not None or trap_view[0]:
-                    raise failed(error)
-                return u32[0] if has_result else None
-        else:
-            def call(a: int, b: int, c: int) -> int | None:  # type: ignore[misc]
-                u32[0] = a
-                u32[4] = b
-                u32[8] = c
-                error = call_raw(*call_args)
-                if error is not None or trap_view[0]:
-                    raise failed(error)
-                return u32[0] if has_result else None
-        return call
+        return _FIXED_CALLS[len(params)](u32, call_raw, call_args, trap_view, failed, has_result)
 
     packer = _struct_for(params) if params else None
     reader = _struct_for(results[:1]) if results else None
@@ -257,6 +229,56 @@ def _make_call(ctx: int, func: Any, signature: str, failures: HostFailures) -> C
         return reader.unpack_from(raw_view)[0] if reader is not None else None
 
     return call_any
+
+
+# The closures for 0-3 i32 parameters, one factory each (a compiled module cannot redefine a nested function).
+def _call0(u32: Any, call_raw: Any, call_args: Any, trap_view: Any, failed: Callable[[int | None], WasmTrap],
+           has_result: bool) -> Callable[..., int | None]:
+    def call() -> int | None:
+        error = call_raw(*call_args)
+        if error is not None or trap_view[0]:
+            raise failed(error)
+        return u32[0] if has_result else None
+    return call
+
+
+def _call1(u32: Any, call_raw: Any, call_args: Any, trap_view: Any, failed: Callable[[int | None], WasmTrap],
+           has_result: bool) -> Callable[..., int | None]:
+    def call(a: int) -> int | None:
+        u32[0] = a
+        error = call_raw(*call_args)
+        if error is not None or trap_view[0]:
+            raise failed(error)
+        return u32[0] if has_result else None
+    return call
+
+
+def _call2(u32: Any, call_raw: Any, call_args: Any, trap_view: Any, failed: Callable[[int | None], WasmTrap],
+           has_result: bool) -> Callable[..., int | None]:
+    def call(a: int, b: int) -> int | None:
+        u32[0] = a
+        u32[4] = b
+        error = call_raw(*call_args)
+        if error is not None or trap_view[0]:
+            raise failed(error)
+        return u32[0] if has_result else None
+    return call
+
+
+def _call3(u32: Any, call_raw: Any, call_args: Any, trap_view: Any, failed: Callable[[int | None], WasmTrap],
+           has_result: bool) -> Callable[..., int | None]:
+    def call(a: int, b: int, c: int) -> int | None:
+        u32[0] = a
+        u32[4] = b
+        u32[8] = c
+        error = call_raw(*call_args)
+        if error is not None or trap_view[0]:
+            raise failed(error)
+        return u32[0] if has_result else None
+    return call
+
+
+_FIXED_CALLS = (_call0, _call1, _call2, _call3)
 
 
 class GuestMemory:
@@ -409,7 +431,7 @@ def define_host_function(linker: wasmtime.Linker, module: str, name: str, signat
     if fast:
         callback = _FAST_CALLBACKS[len(params), bool(results)](impl, views, view_at, trap)
     else:
-        def callback(_env: int, _caller: int, raw: int, _n: int) -> int:
+        def callback(_env: Any, _caller: Any, raw: int, _n: int) -> int:  # (NULL void* arrive as None)
             try:
                 view = views.get(raw) or view_at(raw)
                 rc = impl(*reader.unpack_from(view)) if reader is not None else impl()

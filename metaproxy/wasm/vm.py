@@ -48,10 +48,9 @@ from metaproxy.wasm.native import (
     signature_of,
     store_context,
 )
-from metaproxy.wasm.shim import ShimModules, install, instantiate_router, routed_names
+from metaproxy.wasm.shim import ShimBuffer, ShimModules, install, instantiate_router, routed_names
 
 ROOT_CONTEXT_ID = 1
-_new_stream = object.__new__
 
 #: [number of forks this process descends from]: bumped in the child, so a VM made before a fork is
 #: recognised as not ours. A list cell, read on every request: cheaper than ``os.getpid()`` (a system call).
@@ -175,7 +174,7 @@ class WasmVm:
     def _link(self) -> None:
         """Define exactly the imports the module asks for, checking each one's type against the ABI."""
         path = self.spec.module_path
-        imported = {item.name: signature_of(item.type) for item in self.module.imports
+        imported = {item.name or "": signature_of(item.type) or "" for item in self.module.imports
                     if item.module == "env" and isinstance(item.type, wasmtime.FuncType)}
         exports = {e.name: e.type for e in self.module.exports}
         self._allocator = next((name for name in ("proxy_on_memory_allocate", "malloc")
@@ -184,17 +183,18 @@ class WasmVm:
         self._shim = ShimModules(self.engine, routed) if routed else None
         for item in self.module.imports:
             ty = item.type
-            where = f"{item.module}.{item.name}"
+            item_module, item_name = item.module, item.name or ""
+            where = f"{item_module}.{item_name}"
             if not isinstance(ty, wasmtime.FuncType):
                 raise WasmModuleError(f"{path} imports {where} ({type(ty).__name__}); only functions are provided")
             got = signature_of(ty)
-            if item.module == "env":
-                expected = abi.ENV_FUNCTIONS.get(item.name)
-                impl = getattr(self.host, item.name, None) or unimplemented
-            elif item.module in abi.WASI_MODULES:
-                expected = abi.WASI_FUNCTIONS.get(item.name)
-                impl = getattr(self.host, "wasi_" + item.name, None) or (
-                    wasi_bad_fd if item.name.startswith(("fd_", "path_")) else wasi_unsupported)
+            if item_module == "env":
+                expected = abi.ENV_FUNCTIONS.get(item_name)
+                impl = getattr(self.host, item_name, None) or unimplemented
+            elif item_module in abi.WASI_MODULES:
+                expected = abi.WASI_FUNCTIONS.get(item_name)
+                impl = getattr(self.host, "wasi_" + item_name, None) or (
+                    wasi_bad_fd if item_name.startswith(("fd_", "path_")) else wasi_unsupported)
             else:
                 raise WasmModuleError(f"{path} imports {where}, which a Proxy-Wasm host does not provide")
             if expected is None:
@@ -204,13 +204,13 @@ class WasmVm:
                 expected, impl = got, unimplemented
             elif got != expected:
                 raise WasmModuleError(f"{path} imports {where} with type {got}, the ABI says {expected}")
-            module_name = item.module
-            if item.module == "env" and item.name == "proxy_log" and expected == abi.ENV_FUNCTIONS["proxy_log"]:
+            module_name = item_module
+            if item_module == "env" and item_name == "proxy_log" and expected == abi.ENV_FUNCTIONS["proxy_log"]:
                 module_name = "metaproxy_host"  # reached through the shim, defined per store in _start
-                self._log_shim = wasmtime.Module(self.engine, wasmtime.wat2wasm(_LOG_SHIM_WAT))
-            if item.module == "env" and item.name in routed:
+                self._log_shim = wasmtime.Module(self.engine, bytes(wasmtime.wat2wasm(_LOG_SHIM_WAT)))
+            if item_module == "env" and item_name in routed:
                 module_name = "metaproxy_host"  # reached through the router, defined per store in _start
-            self._keep.append(define_host_function(self.linker, module_name, item.name, expected, impl,
+            self._keep.append(define_host_function(self.linker, module_name, item_name, expected, impl,
                                                    self.failures))
 
     def _start(self) -> None:
@@ -224,9 +224,9 @@ class WasmVm:
         self._arm(spec.start_timeout)
         try:
             if self._log_shim is not None:
-                shim = self.linker.instantiate(store, self._log_shim).exports(store)
-                self.linker.define(store, "env", "proxy_log", shim["proxy_log"])
-                self._log_threshold, self._log_threshold_value = shim["threshold"], -1
+                log_shim = self.linker.instantiate(store, self._log_shim).exports(store)
+                self.linker.define(store, "env", "proxy_log", log_shim["proxy_log"])
+                self._log_threshold, self._log_threshold_value = log_shim["threshold"], -1
                 self._sync_log_threshold()
             router = instantiate_router(self.linker, store, self._shim) if self._shim is not None else None
             instance = self.linker.instantiate(store, self.module)
@@ -236,13 +236,12 @@ class WasmVm:
             raise WasmModuleError(f"{spec.module_path}: instantiation failed: {detail}") from None
         self.instance = instance
         exports = instance.exports(store)
+        shim: ShimBuffer | None = None
         if self._shim is not None:
             try:
                 shim = install(self.linker, store, self._shim, router, exports, self._allocator)
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                 raise WasmModuleError(f"{spec.module_path}: host shim: {str(exc).splitlines()[0]}") from None
-        else:
-            shim = None
         funcs: dict[str, GuestFunction] = {}
         for name, signature in abi.CALLBACKS.items():
             func = exports.get(name)
@@ -364,7 +363,7 @@ class WasmVm:
             # Most likely the module gave up after the Store refused to grow its memory (wasmtime does
             # not say so: memory.grow just returns -1): name it, with the numbers.
             trap.kind = "memory_limit"
-            trap.message += f" (linear memory {memory.size()} of {self.spec.memory_limit} bytes)"
+            trap.message = trap.message + f" (linear memory {memory.size()} of {self.spec.memory_limit} bytes)"
         self.broken = f"{trap.kind}: {trap.message}"
         self.host.streams.clear()
         self.host.current = None
@@ -385,10 +384,7 @@ class WasmVm:
                 raise WasmTrap("trap", f"the instance broke finishing an earlier request: {self.broken}")
         host = self.host
         context_id = self._next_stream_id = self._next_stream_id + 1
-        stream = _new_stream(Stream)  # no Python __init__: the three per-request fields, the rest class defaults
-        stream.context_id = context_id
-        stream.ctx = rctx
-        stream.generation = self.generation
+        stream = Stream(context_id, rctx, self.generation)
         host.streams[context_id] = stream
         action = abi.ACTION_CONTINUE
         if self.has_request:
@@ -396,7 +392,7 @@ class WasmVm:
             if self._fuel or monotonic() >= self._armed_until:
                 self._arm()
             try:
-                action = self.d_request(context_id, ROOT_CONTEXT_ID, len(rctx.metadata))
+                action = self.d_request(context_id, ROOT_CONTEXT_ID, len(rctx.metadata)) or 0
             except WasmTrap as trap:
                 self._trapped(trap)
                 raise
@@ -524,20 +520,3 @@ class WasmVm:
                 host.flush_logs()
         if host.done_requested:
             self._drain_done_requested()  # handles its own traps
-
-
-class StreamSentinel(tuple):
-    """``(stream, vm)``, kept in ``ctx.scratch`` for as long as the request: queues its stream to be finished
-    when dropped.
-
-    ``__del__`` only appends to a list (no guest call may happen at an arbitrary
-    point, such as inside another guest call); the VM drains the list on its next entry.
-    A tuple, so making one per request runs no Python ``__init__``: ``StreamSentinel((stream, vm))``.
-    """
-
-    __slots__ = ()
-
-    def __del__(self) -> None:
-        stream, vm = self
-        if not stream.finished and stream.generation == vm.generation:
-            vm.finished_elsewhere.append(stream)
