@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from metaproxy.chain import RequestContext
 from metaproxy.message import ErrorType, Metadata, Mutation, ProxyError, as_str
 from metaproxy.wasm import abi, properties
 from metaproxy.wasm.metrics import MetricRegistry
@@ -74,21 +75,34 @@ def error_kind_for(status: int, grpc_status: int) -> ErrorType:
 
 
 
-def _cached_values(keys: Any, get: Any, metadata: Any, values: list[str], missing: int) -> int:
-    """Append each key's value as a module sees it (the mutation's, else the metadata's, as text; "" if
-    none) to ``values``; return ``missing`` with bit i set for each value i that has none."""
-    append = values.append
+def _view_value(metadata: Metadata | None, mutation: Mutation, key: str) -> str | None:
+    """``key``'s value in a header map as a module sees it: the mutation's, else the metadata's as text.
+
+    ``in`` then ``[]``, not ``.get``: compiled (mypyc), a method call on a dict subclass goes through a
+    method lookup, the ``in`` and ``[]`` operators through the dict's own C slots.
+    """
+    if key in mutation:
+        return mutation[key]
+    if metadata is None or key not in metadata:
+        return None
+    value = metadata[key]
+    if value is None or type(value) is str:
+        return value
+    return as_str(value)
+
+
+def _cached_values(keys: list[str], mutation: Mutation, metadata: Metadata | None, values: list[str],
+                   missing: int) -> int:
+    """Append each key's value as a module sees it (:func:`_view_value`; "" if none) to ``values``; return
+    ``missing`` with bit i set for each value i that has none."""
     for key in keys:
-        value = get(key)
+        value = _view_value(metadata, mutation, key)
         if value is None:
-            value = metadata.get(key) if metadata is not None else None
-            if value is None:
-                missing |= 1 << len(values)
-                value = ""
-            elif type(value) is not str:
-                value = as_str(value)
-        append(value)
+            missing |= 1 << len(values)
+            value = ""
+        values.append(value)
     return missing
+
 
 class Stream:
     """One request as the module sees it: a Proxy-Wasm stream context.
@@ -100,7 +114,7 @@ class Stream:
     exactly the attributes its ``__init__`` sets, and the call is a C call).
     """
 
-    def __init__(self, context_id: int, ctx: Any, generation: int) -> None:
+    def __init__(self, context_id: int, ctx: RequestContext | None, generation: int) -> None:
         self.context_id = context_id
         self.ctx = ctx
         self.generation = generation
@@ -193,7 +207,7 @@ class AbiHost:
         words = self.words
         words[1] = 1 if stream is not None and stream.ctx is not None else 0  # (and no read cache: another context)
 
-    def enter_phase(self, stream: Stream, rctx: Any, phase: int) -> None:
+    def enter_phase(self, stream: Stream, rctx: RequestContext, phase: int) -> None:
         """:meth:`set_current` for a header phase (0 request, 1 response), then that phase's read cache.
 
         The module's header writes may be recorded by the shim from here on.
@@ -224,7 +238,7 @@ class AbiHost:
         if words[1] > 1:
             words[1] = 1
 
-    def fill_cache(self, ctx: Any, phase: int) -> None:
+    def fill_cache(self, ctx: RequestContext, phase: int) -> None:
         """Write the values of the keys the module read in this phase before, for the shim to answer reads.
 
         Why: a ``proxy_get_header_map_value`` answered by Python costs a crossing
@@ -237,9 +251,9 @@ class AbiHost:
         values: list[str] = []
         missing = 0  # bit i: key i has no value
         if request_keys:
-            missing = _cached_values(request_keys, ctx.mutation.get, ctx.metadata, values, missing)
+            missing = _cached_values(request_keys, ctx.mutation, ctx.metadata, values, missing)
         if response_keys:
-            missing = _cached_values(response_keys, ctx.response_mutation.get, ctx.response_metadata, values, missing)
+            missing = _cached_values(response_keys, ctx.response_mutation, ctx.response_metadata, values, missing)
         append = values.append
         count = len(values)
         append("")  # every value is followed by a NUL
@@ -303,26 +317,34 @@ class AbiHost:
         if ctx is None:
             return
         view = self.shim.view  # type: ignore[union-attr]  # words[0] is non-zero only with a shim
-        texts = iter(view[TEXT_START:TEXT_START + used].tobytes().decode("utf-8", "replace").split("\0"))
-        request = ctx.mutation
-        for letter, key, value in zip(texts, texts, texts, strict=False):
+        texts: list[str] = view[TEXT_START:TEXT_START + used].tobytes().decode("utf-8", "replace").split("\0")
+        # Replaces are gathered in plain dicts and stored with one ``update`` per map: dict.update on the
+        # Mutation (a dict subclass) inserts without its __setitem__ (which only coerces to str, and these are
+        # str), as ``_store`` did for one key, at one call for all. A later write of a key wins, and new keys
+        # keep the order of their first write, as storing one by one did.
+        request: dict[str, str] = {}
+        response: dict[str, str] = {}
+        end = len(texts) - 2  # the log ends with a NUL: the split's last item is ""
+        at = 0
+        while at < end:
+            letter, key, value = texts[at], texts[at + 1], texts[at + 2]
+            at += 3
             if letter == "a":  # a replace on the request map: the common write
-                _store(request, key, value)
+                request[key] = value
             elif letter == "c":  # a replace on the response map
-                _store(ctx.response_mutation, key, value)
+                response[key] = value
             else:  # an add ("b" request map, "d" response map): folds into the value the module sees
-                if letter == "b":
-                    mutation, metadata = request, ctx.metadata
-                else:
-                    mutation, metadata = ctx.response_mutation, ctx.response_metadata
-                old = mutation.get(key)
-                if old is None and metadata is not None:
-                    old = metadata.get(key)
-                    if old is not None and type(old) is not str:
-                        old = as_str(old)
-                if old is not None:
-                    value = f"{old},{value}"  # one value per key: fold like repeated HTTP headers
-                _store(mutation, key, value)
+                pending = request if letter == "b" else response
+                old: str | None = pending.get(key)
+                if old is None:
+                    old = _view_value(ctx.metadata if letter == "b" else ctx.response_metadata,
+                                      ctx.mutation if letter == "b" else ctx.response_mutation, key)
+                pending[key] = f"{old},{value}" if old is not None else value  # one value per key: fold like
+                #                                                                 repeated HTTP headers
+        if request:
+            ctx.mutation.update(request)
+        if response:
+            ctx.response_mutation.update(response)
 
     def _give(self, data: bytes, ptr_ptr: int, size_ptr: int) -> int:
         """Return ``data`` to the module: through the shim's staging area when it is installed, else as before."""
@@ -564,18 +586,11 @@ class AbiHost:
         if self.shim is not None:
             self._learn(map_type, raw, key)  # the next entries of this phase answer it in WebAssembly
         if map_type == _REQUEST_MAP:
-            metadata, mutation = ctx.metadata, ctx.mutation
+            value = _view_value(ctx.metadata, ctx.mutation, key)
         else:
-            metadata, mutation = ctx.response_metadata, ctx.response_mutation
-        value = mutation.get(key)
+            value = _view_value(ctx.response_metadata, ctx.response_mutation, key)
         if value is None:
-            if metadata is None:
-                return _NOT_FOUND
-            value = metadata.get(key)
-            if value is None:
-                return _NOT_FOUND
-            if type(value) is not str:
-                value = as_str(value)
+            return _NOT_FOUND
         return self._give(value.encode("utf-8"), ptr_ptr, size_ptr)
 
     def _no_map(self, map_type: int) -> int:

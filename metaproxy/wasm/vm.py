@@ -31,6 +31,7 @@ from typing import Any
 
 import wasmtime
 
+from metaproxy.chain import RequestContext
 from metaproxy.message import ErrorType, ProxyError
 from metaproxy.wasm import abi
 from metaproxy.wasm.dispatch import compile_dispatcher, instantiate_dispatcher
@@ -371,7 +372,7 @@ class WasmVm:
         words[0] = words[1] = 0  # writes recorded by the failed call are dropped
 
     # -- per request ---------------------------------------------------------------------------------------
-    def request_headers(self, rctx: Any) -> tuple[Stream, ProxyError | None]:
+    def request_headers(self, rctx: RequestContext) -> tuple[Stream, ProxyError | None]:
         """Run the request callbacks; return the stream and the local reply, if the module made one.
 
         One entry into WebAssembly (the dispatcher's ``request``) runs
@@ -411,7 +412,7 @@ class WasmVm:
         self.finish(stream)
         return stream, reply
 
-    def response_headers(self, stream: Stream, rctx: Any) -> None:
+    def response_headers(self, stream: Stream, rctx: RequestContext) -> None:
         """``proxy_on_response_headers``, then finish the stream: one entry (the dispatcher's ``response``)."""
         if stream.finished or stream.generation != self.generation or self.broken:
             return
