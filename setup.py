@@ -1,6 +1,6 @@
 """metaproxy: a layer-7 proxy framework for RPC protocols (Dubbo, Thrift, Redis, private ones)."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 codec_packages = ["metaproxy_codecs"] + [
     "metaproxy_codecs." + name for name in find_packages("codecs")
@@ -13,6 +13,10 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["metaproxy", "metaproxy.*"]) + codec_packages,
     package_dir={"metaproxy_codecs": "codecs"},
+    # The access log's capture and render in C (docs/observability.md, "Cost"). Optional: without a
+    # compiler the install still succeeds and metaproxy/accesslog.py runs its Python path.
+    ext_modules=[Extension("metaproxy._accesslog", ["metaproxy/_accesslog.c"], libraries=["m"],
+                           extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"], optional=True)],
     # _compiled/: the hot path as `make compiled` built it (metaproxy/compiled.py uses it only while it
     # matches the sources), so the image's wheel carries it.
     package_data={"metaproxy": ["py.typed", "_compiled/*.so", "_compiled/manifest.json"], "metaproxy_codecs": ["*/*.thrift", "*/templates/*"]},

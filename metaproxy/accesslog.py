@@ -43,12 +43,14 @@ See docs/observability.md for the fields and formats.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from enum import EnumMeta
 from typing import Any
 
 import gevent
@@ -56,7 +58,7 @@ from gevent.event import Event
 
 from metaproxy.chain import RequestContext
 from metaproxy.config import AccessLogConfig
-from metaproxy.message import as_str
+from metaproxy.message import Metadata, as_str
 from metaproxy.observer import RequestObserver
 from metaproxy.settings import parse_duration
 
@@ -76,6 +78,17 @@ SEGMENT_CACHE_SIZE = 4096
 
 _monotonic = time.monotonic
 
+try:  # the capture and the render in C (metaproxy/_accesslog.c, built by setup.py); Python without it
+    from metaproxy import _accesslog as _native
+except ImportError:  # pragma: no cover - a build without a compiler
+    _native = None  # type: ignore[assignment]
+
+
+def native_available() -> bool:
+    """Whether plans use the C capture and render: built, and not switched off with
+    ``METAPROXY_ACCESSLOG_NATIVE=0`` (the pure-Python path, for comparison)."""
+    return _native is not None and os.environ.get("METAPROXY_ACCESSLOG_NATIVE", "") != "0"
+
 
 # -- fields ----------------------------------------------------------------------
 
@@ -90,45 +103,57 @@ class Field:
     template (see :class:`LinePlan`); the others fill its holes.
     """
 
-    __slots__ = ("name", "key", "capture", "kind", "stable")
+    __slots__ = ("name", "key", "capture", "kind", "stable", "native")
 
-    def __init__(self, name: str, capture: str, kind: str, stable: bool, key: str | None = None) -> None:
+    def __init__(self, name: str, capture: str, kind: str, stable: bool, key: str | None = None,
+                 native: tuple[int, str | None] = (-1, None)) -> None:
         self.name, self.capture, self.kind, self.stable, self.key = name, capture, kind, stable, key
+        #: The C capture's (code, name): a keyed field's name is its key.
+        self.native = native if key is None else (native[0], key)
 
     def keyed(self, key: str) -> Field:
-        return Field(self.name, self.capture, self.kind, self.stable, key)
+        return Field(self.name, self.capture, self.kind, self.stable, key, self.native)
 
     def __repr__(self) -> str:
         return f"%{self.name}({self.key})%" if self.key is not None else f"%{self.name}%"
 
 
+# What the C capture (metaproxy/_accesslog.c) reads for a field: the codes of its ``C_*`` enum.
+_C_ATTR, _C_START, _C_DURATION, _C_RID, _C_MD_GET, _C_MD_GET_STR, _C_RESP_GET_STR, _C_ROUTE, _C_STATUS, \
+    _C_MESSAGE = range(10)
+#: The kinds in the order of the C render's ``K_*`` enum.
+_KINDS = ("str", "status", "trace", "time", "duration", "int", "id")
+
 #: Field name -> Field. The JSON format writes every one of them, keys in lower case, in this order.
+#: ``native`` is the same capture for the C extension: (code, attribute name or metadata key).
 FIELDS: dict[str, Field] = {f.name: f for f in (
-    Field("START_TIME", "ctx.start_time", "time", False),
-    Field("DURATION", "end - ctx.start_time", "duration", False),
-    Field("REQUEST_ID", "rid", "id", False),
-    Field("PROTOCOL", "ctx.protocol", "str", True),
-    Field("LISTENER", "ctx.listener", "str", True),
-    Field("SERVICE", "md.get('service')", "str", True),
-    Field("METHOD", "md.get('method')", "str", True),
-    Field("ROUTE_NAME", "route", "str", True),
-    Field("UPSTREAM_CLUSTER", "ctx.cluster_name", "str", True),
-    Field("UPSTREAM_HOST", "ctx.upstream_host", "str", True),
-    Field("RESPONSE_STATUS", "status", "status", True),
-    Field("RESPONSE_FLAGS", "ctx.response_flags", "str", True),
-    Field("ERROR_MESSAGE", "message", "str", True),
-    Field("ATTEMPTS", "ctx.attempts", "int", True),
-    Field("BYTES_RECEIVED", "ctx.bytes_received", "int", False),
-    Field("BYTES_SENT", "ctx.bytes_sent", "int", False),
-    Field("DOWNSTREAM_REMOTE_ADDRESS", "ctx.downstream_address", "str", True),
-    Field("DOWNSTREAM_PEER_IDENTITY", "ctx.peer_identity", "str", True),
-    Field("TRACE_ID", "ctx.trace", "trace", False),
+    Field("START_TIME", "ctx.start_time", "time", False, native=(_C_START, None)),
+    Field("DURATION", "end - ctx.start_time", "duration", False, native=(_C_DURATION, None)),
+    Field("REQUEST_ID", "rid", "id", False, native=(_C_RID, None)),
+    Field("PROTOCOL", "ctx.protocol", "str", True, native=(_C_ATTR, "protocol")),
+    Field("LISTENER", "ctx.listener", "str", True, native=(_C_ATTR, "listener")),
+    Field("SERVICE", "md.get('service')", "str", True, native=(_C_MD_GET, "service")),
+    Field("METHOD", "md.get('method')", "str", True, native=(_C_MD_GET, "method")),
+    Field("ROUTE_NAME", "route", "str", True, native=(_C_ROUTE, None)),
+    Field("UPSTREAM_CLUSTER", "ctx.cluster_name", "str", True, native=(_C_ATTR, "cluster_name")),
+    Field("UPSTREAM_HOST", "ctx.upstream_host", "str", True, native=(_C_ATTR, "upstream_host")),
+    Field("RESPONSE_STATUS", "status", "status", True, native=(_C_STATUS, None)),
+    Field("RESPONSE_FLAGS", "ctx.response_flags", "str", True, native=(_C_ATTR, "response_flags")),
+    Field("ERROR_MESSAGE", "message", "str", True, native=(_C_MESSAGE, None)),
+    Field("ATTEMPTS", "ctx.attempts", "int", True, native=(_C_ATTR, "attempts")),
+    Field("BYTES_RECEIVED", "ctx.bytes_received", "int", False, native=(_C_ATTR, "bytes_received")),
+    Field("BYTES_SENT", "ctx.bytes_sent", "int", False, native=(_C_ATTR, "bytes_sent")),
+    Field("DOWNSTREAM_REMOTE_ADDRESS", "ctx.downstream_address", "str", True,
+          native=(_C_ATTR, "downstream_address")),
+    Field("DOWNSTREAM_PEER_IDENTITY", "ctx.peer_identity", "str", True, native=(_C_ATTR, "peer_identity")),
+    Field("TRACE_ID", "ctx.trace", "trace", False, native=(_C_ATTR, "trace")),
 )}
 #: Fields that take a key: ``%METADATA(x-user)%``. Captured as strings (``get_str``): a value
 #: held past the request must not be a view of a buffer the connection reuses.
 KEYED_FIELDS: dict[str, Field] = {
-    "METADATA": Field("METADATA", "md.get_str(KEY)", "str", True),
-    "RESPONSE_METADATA": Field("RESPONSE_METADATA", "(None if resp is None else resp.get_str(KEY))", "str", True),
+    "METADATA": Field("METADATA", "md.get_str(KEY)", "str", True, native=(_C_MD_GET_STR, None)),
+    "RESPONSE_METADATA": Field("RESPONSE_METADATA", "(None if resp is None else resp.get_str(KEY))", "str", True,
+                               native=(_C_RESP_GET_STR, None)),
 }
 
 #: Locals the capture expressions may use, each with the statements that bind it (in this order).
@@ -301,7 +326,7 @@ class LinePlan:
     key goes through :meth:`render_slowly`, value by value.
     """
 
-    def __init__(self, parts: Sequence[str | Field], mode: str) -> None:
+    def __init__(self, parts: Sequence[str | Field], mode: str, native: bool | None = None) -> None:
         self.parts = list(parts)
         self.mode = mode
         self.clock = _WallClock()
@@ -379,6 +404,66 @@ class LinePlan:
         #: ``make_request_end(logger, pending, accept, limit, wake_at, wake, monotonic) -> request_end(ctx)``
         self.make_request_end: Callable[..., Callable[[RequestContext], None]] = namespace["make_request_end"]
         self._fast = namespace["make_render"](*tables)
+        #: Whether capture, request_end and render_bytes run in C (metaproxy/_accesslog.c).
+        self.native = native_available() if native is None else (native and _native is not None)
+        if self.native:
+            self.capture = _native.Capture(self._capture_spec(), Metadata.__dict__["get_str"], as_str)
+            self.make_request_end = functools.partial(_native.RequestEnd, self.capture)
+            self._native_render = _native.Render(self._render_ops(), mode == "json", self.clock, convert, _KINDS,
+                                                 EnumMeta)
+
+    def _capture_spec(self) -> list[tuple[bool, tuple[tuple[int, str | None], ...]]]:
+        """The record's layout for the C capture: per slot, (single value?, the fields' (code, name))."""
+        spec: list[tuple[bool, tuple[tuple[int, str | None], ...]]] = [
+            (True, (field.native,)) for field in self._changing_fields()]
+        for item in self._items:
+            if isinstance(item, list):
+                fields = [p for p in item if isinstance(p, Field)]
+                spec.append((len(fields) == 1, tuple(f.native for f in fields)))
+        return spec
+
+    def _changing_fields(self) -> list[Field]:
+        fields: dict[tuple[str, str | None], Field] = {}
+        for item in self._items:
+            if isinstance(item, Field):
+                fields.setdefault((item.name, item.key), item)
+        assert [self._changing[key] for key in fields] == list(range(len(fields)))
+        return list(fields.values())
+
+    def _render_ops(self) -> list[tuple[Any, ...]]:
+        """The line for the C render, as render_slowly walks it: literals (UTF-8) and (kind, record place)."""
+        ops: list[tuple[Any, ...]] = []
+
+        def literal(text: str) -> None:
+            data = text.encode("utf-8", "replace")
+            if ops and ops[-1][0] == 1:
+                ops[-1] = (1, ops[-1][1] + data)
+            elif data:
+                ops.append((1, data))
+
+        segment = len(self._changing)
+        for item in self._items:
+            if isinstance(item, str):
+                literal(item)
+            elif isinstance(item, Field):
+                ops.append((0, _KINDS.index(item.kind), self._changing[(item.name, item.key)], -1))
+            else:
+                fields = sum(isinstance(p, Field) for p in item)
+                place = 0
+                for part in item:
+                    if isinstance(part, str):
+                        literal(part)
+                    else:
+                        ops.append((0, _KINDS.index(part.kind), segment, -1 if fields == 1 else place))
+                        place += 1
+                segment += 1
+        return ops
+
+    def render_bytes(self, records: list[tuple[Any, ...]]) -> bytes:
+        """The lines of captured records as the UTF-8 the sink writes (lone surrogates as ``?``)."""
+        if self.native:
+            return self._native_render(records)  # type: ignore[no-any-return]
+        return self.render(records).encode("utf-8", "replace")
 
     def render(self, records: list[tuple[Any, ...]]) -> str:
         """The lines of captured records, joined."""
@@ -709,7 +794,7 @@ class AccessLogger(RequestObserver):
         for start in range(0, len(records), RENDER_CHUNK):
             batch = records[start:start + RENDER_CHUNK]
             try:
-                chunks.append(self.plan.render(batch))
+                chunks.append(self.plan.render_bytes(batch))
             except Exception as exc:  # a bug in rendering must cost lines, never the flusher or a request
                 self.written -= len(batch)
                 self.dropped += len(batch)
@@ -717,7 +802,7 @@ class AccessLogger(RequestObserver):
                                  f"{type(exc).__name__}: {exc}\n")
             if yielding and start + RENDER_CHUNK < len(records):
                 gevent.sleep(0)
-        return "".join(chunks).encode("utf-8", "replace")
+        return b"".join(chunks)
 
     def _write_failed(self, exc: OSError) -> None:
         sys.stderr.write(f"metaproxy: access log {self.sink.path}: write failed: {exc}\n")

@@ -2,14 +2,24 @@
 # `make bench-observability` measures the cost of access logs and tracing against both off
 # (uses the C load generator and server built by bench.mk); `make bench-observability-micro`: the access log
 # and the stats alone, in process, in CPU ns per request.
-# `make deps-observability` checks the Python packages it needs (all in setup.py install_requires).
+# `make deps-observability` checks the Python packages it needs (all in setup.py install_requires) and
+# builds the access log's C extension (metaproxy/_accesslog.c, an ext_module of setup.py: `pip install -e .`
+# builds it too; this rebuilds it when the C source changes, which the install stamp does not see).
 
 OBS_PYTHON ?= .venv/bin/python
 OBS_BENCH_ARGS ?=
 
-.PHONY: bench-observability bench-observability-micro deps-observability test-observability
+.PHONY: bench-observability bench-observability-micro deps-observability test-observability accesslog-ext
 
-deps-observability:
+ACCESSLOG_EXT_STAMP := build/accesslog-ext.stamp
+
+$(ACCESSLOG_EXT_STAMP): metaproxy/_accesslog.c setup.py
+	$(OBS_PYTHON) setup.py -q build_ext --inplace
+	@mkdir -p $(dir $@) && touch $@
+
+accesslog-ext: $(ACCESSLOG_EXT_STAMP)
+
+deps-observability: accesslog-ext
 	@$(OBS_PYTHON) -c "import prometheus_client, opentelemetry.sdk.trace, gevent.pywsgi" 2>/dev/null \
 		|| $(OBS_PYTHON) -m pip install --quiet "prometheus-client>=0.19" "opentelemetry-api>=1.20" "opentelemetry-sdk>=1.20"
 

@@ -352,10 +352,10 @@ def test_a_render_failure_costs_its_lines_not_the_flusher(tmp_path, capsys):
     path = tmp_path / "a.log"
     [logger] = make_access_loggers([AccessLogConfig(path=str(path), format="%METHOD%")])
     logger.request_end(request("first"))
-    real = logger.plan.render  # type: ignore[attr-defined]
-    logger.plan.render = lambda records: 1 / 0  # type: ignore[attr-defined]
+    real = logger.plan.render_bytes  # type: ignore[attr-defined]
+    logger.plan.render_bytes = lambda records: 1 / 0  # type: ignore[attr-defined]
     logger.flush()  # type: ignore[attr-defined]
-    logger.plan.render = real  # type: ignore[attr-defined]
+    logger.plan.render_bytes = real  # type: ignore[attr-defined]
     logger.request_end(request("second"))
     logger.close()
     assert path.read_text() == "second\n"
