@@ -643,19 +643,19 @@ def _segment_renderer(parts: list[str | Field], single: bool, convert: Callable[
     return render
 
 
-def text_renderer(fmt: str) -> LinePlan:
+def text_renderer(fmt: str, native: bool | None = None) -> LinePlan:
     """The plan of a ``%FIELD%`` format string (a newline is added when missing)."""
-    return LinePlan(compile_format(fmt if fmt.endswith("\n") else fmt + "\n"), "text")
+    return LinePlan(compile_format(fmt if fmt.endswith("\n") else fmt + "\n"), "text", native)
 
 
-def json_renderer() -> LinePlan:
+def json_renderer(native: bool | None = None) -> LinePlan:
     """Every field in FIELDS as one JSON object (keys in lower case, in FIELDS order); empty values are null."""
     parts: list[str | Field] = []
     for index, field in enumerate(FIELDS.values()):
         parts.append(("{" if index == 0 else ",") + json.dumps(field.name.lower()) + ":")
         parts.append(field)
     parts.append("}\n")
-    return LinePlan(parts, "json")
+    return LinePlan(parts, "json", native)
 
 
 # -- filters ---------------------------------------------------------------------
