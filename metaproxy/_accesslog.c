@@ -37,7 +37,9 @@ static PyObject *dict_get_descr; /* dict.__dict__["get"] */
 
 /* ---- growing byte buffer ------------------------------------------------------ */
 
+/* The bytes object being filled (resized at the end): the batch is never copied once more. */
 typedef struct {
+    PyObject *obj;
     char *data;
     Py_ssize_t len, cap;
 } Buf;
@@ -58,12 +60,15 @@ static int buf_grow(Buf *b, Py_ssize_t extra) {
         }
         cap *= 2;
     }
-    char *p = PyMem_Realloc(b->data, (size_t)cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
+    if (b->obj == NULL) {
+        if ((b->obj = PyBytes_FromStringAndSize(NULL, cap)) == NULL)
+            return -1;
+    } else if (_PyBytes_Resize(&b->obj, cap) < 0) { /* frees and clears b->obj on failure */
+        b->data = NULL;
+        b->len = b->cap = 0;
         return -1;
     }
-    b->data = p;
+    b->data = PyBytes_AS_STRING(b->obj);
     b->cap = cap;
     return 0;
 }
@@ -756,14 +761,22 @@ static PyTypeObject RequestEndType = {
 
 /* Value kinds, in the order of the `kinds` tuple handed to Render (accesslog.py's Field.kind). */
 enum { K_STR = 0, K_STATUS, K_TRACE, K_TIME, K_DURATION, K_INT, K_ID, K_COUNT };
+enum { OP_VALUE = 0, OP_LITERAL = 1, OP_SEGMENT = 2 };
 
 typedef struct {
-    int literal; /* 1: write lit; 0: write record[index] (or record[index][sub] when sub >= 0) */
+    /* OP_VALUE: write record[index] (or record[index][sub] when sub >= 0); OP_LITERAL: write lit;
+     * OP_SEGMENT: the next `sub` ops render the segment whose key is the tuple record[index]. */
+    int type;
     int kind;
     Py_ssize_t index, sub;
     char *lit;
     Py_ssize_t litlen;
     PyObject *memo_key, *memo_val; /* an enum member last seen here -> its rendering (bytes) */
+    /* The value (or segment key) this op rendered last in the current batch and where its text is in
+     * the buffer: the same str or int (or an equal str), or a key of such values, again is copied from
+     * there. Reset after every batch. */
+    PyObject *prev;
+    Py_ssize_t prev_at, prev_len;
 } Op;
 
 typedef struct {
@@ -772,6 +785,7 @@ typedef struct {
     Py_ssize_t nops, width, hint;
     Op *ops;
     int json;
+    int busy; /* rendering now: a converter that renders with this object again is refused */
     PyObject *clock, *convert, *enum_type, *kinds;
 } Render;
 
@@ -974,20 +988,87 @@ static int put_value(Render *r, RState *st, Buf *b, Op *op, PyObject *v) {
     return put_converted(r, b, op->kind, v);
 }
 
+/* Two exact strs with the same code points. */
+static inline int str_equal(PyObject *a, PyObject *b) {
+    if (!PyUnicode_CheckExact(a) || !PyUnicode_CheckExact(b) || !PyUnicode_IS_READY(a) || !PyUnicode_IS_READY(b))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
+
+/* A value whose rendering depends on nothing but its identity or its code points. */
+static inline int memoizable(PyObject *v, PyObject *enum_type) {
+    return v == Py_None || PyUnicode_CheckExact(v) || PyLong_CheckExact(v) ||
+           (enum_type != Py_None && PyObject_TypeCheck((PyObject *)Py_TYPE(v), (PyTypeObject *)enum_type));
+}
+
+static PyObject *memo_enum_type; /* the Render being run's enum_type, for key_memoizable */
+
+static int key_memoizable(PyObject *key) {
+    if (!PyTuple_Check(key))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(key); i++) {
+        if (!memoizable(PyTuple_GET_ITEM(key, i), memo_enum_type))
+            return 0;
+    }
+    return 1;
+}
+
+/* A segment key that renders as `prev` did: the same values (by identity, or equal strs). */
+static int key_equal(PyObject *key, PyObject *prev) {
+    if (key == prev)
+        return 1;
+    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != PyTuple_GET_SIZE(prev))
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(key); i++) {
+        PyObject *a = PyTuple_GET_ITEM(key, i), *b = PyTuple_GET_ITEM(prev, i);
+        if (a != b && !str_equal(a, b))
+            return 0;
+    }
+    return 1;
+}
+
 static int render_record(Render *r, RState *st, Buf *b, PyObject *record, Py_ssize_t at) {
     if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) < r->width) {
         PyErr_Format(PyExc_TypeError, "access log record %zd: expected a tuple of %zd values, got %.100s", at,
                      r->width, Py_TYPE(record)->tp_name);
         return -1;
     }
+    Op *segment = NULL; /* the segment being rendered, whose span closes after op segment_end */
+    Py_ssize_t segment_end = -1;
     for (Py_ssize_t i = 0; i < r->nops; i++) {
         Op *op = &r->ops[i];
-        if (op->literal) {
+        if (op->type == OP_LITERAL) {
             if (buf_put(b, op->lit, op->litlen) < 0)
                 return -1;
+            if (segment != NULL && i == segment_end) {
+                segment->prev_len = b->len - segment->prev_at;
+                segment = NULL;
+            }
             continue;
         }
         PyObject *v = PyTuple_GET_ITEM(record, op->index);
+        if (op->type == OP_SEGMENT) {
+            if (op->prev != NULL && key_equal(v, op->prev)) {
+                if (b->cap - b->len < op->prev_len && buf_grow(b, op->prev_len) < 0)
+                    return -1;
+                memcpy(b->data + b->len, b->data + op->prev_at, (size_t)op->prev_len);
+                b->len += op->prev_len;
+                i += op->sub; /* the segment's ops */
+                continue;
+            }
+            Py_CLEAR(op->prev);
+            if (key_memoizable(v)) { /* rendered by the ops that follow; the span is closed below */
+                Py_INCREF(v);
+                op->prev = v;
+                op->prev_at = b->len;
+                op->prev_len = -1;
+                segment = op;
+                segment_end = i + op->sub;
+            }
+            continue;
+        }
         if (op->sub >= 0) {
             if (!PyTuple_Check(v) || PyTuple_GET_SIZE(v) <= op->sub) {
                 PyErr_Format(PyExc_TypeError, "access log record %zd: value %zd is not a tuple of %zd", at, op->index,
@@ -996,10 +1077,48 @@ static int render_record(Render *r, RState *st, Buf *b, PyObject *record, Py_ssi
             }
             v = PyTuple_GET_ITEM(v, op->sub);
         }
+        if (op->kind == K_TIME || op->kind == K_DURATION || op->kind == K_TRACE) {
+            if (put_value(r, st, b, op, v) < 0)
+                return -1;
+            if (segment != NULL && i == segment_end) {
+                segment->prev_len = b->len - segment->prev_at;
+                segment = NULL;
+            }
+            continue;
+        }
+        if (op->prev != NULL && (v == op->prev || str_equal(v, op->prev))) {
+            if (b->cap - b->len < op->prev_len && buf_grow(b, op->prev_len) < 0)
+                return -1;
+            memcpy(b->data + b->len, b->data + op->prev_at, (size_t)op->prev_len);
+            b->len += op->prev_len;
+            if (segment != NULL && i == segment_end) {
+                segment->prev_len = b->len - segment->prev_at;
+                segment = NULL;
+            }
+            continue;
+        }
+        Py_ssize_t start = b->len;
         if (put_value(r, st, b, op, v) < 0)
             return -1;
+        if (PyUnicode_CheckExact(v) || PyLong_CheckExact(v)) { /* immutable: its text cannot change */
+            Py_INCREF(v);
+            Py_XSETREF(op->prev, v);
+            op->prev_at = start;
+            op->prev_len = b->len - start;
+        }
+        if (segment != NULL && i == segment_end) {
+            segment->prev_len = b->len - segment->prev_at;
+            segment = NULL;
+        }
     }
+    if (segment != NULL) /* a segment that ends the line with a literal */
+        segment->prev_len = b->len - segment->prev_at;
     return 0;
+}
+
+static void forget_prev(Render *r) {
+    for (Py_ssize_t i = 0; r->ops != NULL && i < r->nops; i++)
+        Py_CLEAR(r->ops[i].prev);
 }
 
 static PyObject *render_batch(Render *r, PyObject *records) {
@@ -1007,9 +1126,15 @@ static PyObject *render_batch(Render *r, PyObject *records) {
         PyErr_SetString(PyExc_TypeError, "render(records): records must be a list or a tuple");
         return NULL;
     }
+    if (r->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "render(records) called again while rendering");
+        return NULL;
+    }
     Py_INCREF(records);
+    r->busy = 1;
     RState st = {0};
-    Buf b = {NULL, 0, 0};
+    Buf b = {NULL, NULL, 0, 0};
+    memo_enum_type = r->enum_type;
     PyObject *result = NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(records);
     if (state_init(r, &st) < 0)
@@ -1027,9 +1152,16 @@ static PyObject *render_batch(Render *r, PyObject *records) {
     }
     if (n > 0)
         r->hint = b.len / n;
-    result = PyBytes_FromStringAndSize(b.data ? b.data : "", b.len);
+    if (b.obj == NULL) {
+        result = PyBytes_FromStringAndSize("", 0);
+    } else if (_PyBytes_Resize(&b.obj, b.len) == 0) {
+        result = b.obj;
+        b.obj = NULL;
+    }
 done:
-    PyMem_Free(b.data);
+    forget_prev(r);
+    r->busy = 0;
+    Py_XDECREF(b.obj);
     Py_XDECREF(st.text);
     Py_DECREF(records);
     return result;
@@ -1052,8 +1184,10 @@ static int Render_traverse(Render *self, visitproc visit, void *arg) {
     Py_VISIT(self->convert);
     Py_VISIT(self->enum_type);
     Py_VISIT(self->kinds);
-    for (Py_ssize_t i = 0; self->ops != NULL && i < self->nops; i++)
+    for (Py_ssize_t i = 0; self->ops != NULL && i < self->nops; i++) {
         Py_VISIT(self->ops[i].memo_key);
+        Py_VISIT(self->ops[i].prev);
+    }
     return 0;
 }
 
@@ -1065,6 +1199,7 @@ static int Render_clear(Render *self) {
     for (Py_ssize_t i = 0; self->ops != NULL && i < self->nops; i++) {
         Py_CLEAR(self->ops[i].memo_key);
         Py_CLEAR(self->ops[i].memo_val);
+        Py_CLEAR(self->ops[i].prev);
     }
     return 0;
 }
@@ -1079,7 +1214,8 @@ static void Render_dealloc(Render *self) {
 }
 
 
-/* Render(ops, json, clock, convert, kinds, enum_type); ops: [(1, b"literal") | (0, kind, index, sub), ...]. */
+/* Render(ops, json, clock, convert, kinds, enum_type);
+ * ops: [(1, b"literal") | (0, kind, index, sub) | (2, index, count), ...]. */
 static PyObject *Render_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     PyObject *ops, *clock, *conv, *kinds, *enum_type;
     int json;
@@ -1126,16 +1262,46 @@ static PyObject *Render_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
             PyErr_SetString(PyExc_TypeError, "an op is (1, bytes) or (0, kind, index, sub)");
             goto fail;
         }
-        int literal = PyObject_IsTrue(PyTuple_GET_ITEM(item, 0));
-        if (literal < 0)
+        long optype = PyLong_AsLong(PyTuple_GET_ITEM(item, 0));
+        if (optype == -1 && PyErr_Occurred())
             goto fail;
-        if (literal) {
+        if (optype == OP_SEGMENT) {
+            Py_ssize_t index = PyTuple_GET_SIZE(item) == 3 ? PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 1)) : -1;
+            Py_ssize_t count = PyTuple_GET_SIZE(item) == 3 ? PyLong_AsSsize_t(PyTuple_GET_ITEM(item, 2)) : -1;
+            if (PyErr_Occurred())
+                goto fail;
+            if (index < 0 || index >= PY_SSIZE_T_MAX || count < 1 || count >= n - i) {
+                PyErr_SetString(PyExc_ValueError, "a segment op is (2, index, count) and its ops follow it");
+                goto fail;
+            }
+            for (Py_ssize_t j = i + 1; j <= i + count; j++) {
+                PyObject *inner = PyList_GET_ITEM(ops, j);
+                if (!PyTuple_Check(inner) || PyTuple_GET_SIZE(inner) < 1 ||
+                    !PyLong_Check(PyTuple_GET_ITEM(inner, 0)) ||
+                    PyLong_AsLong(PyTuple_GET_ITEM(inner, 0)) == OP_SEGMENT) {
+                    PyErr_Clear();
+                    PyErr_SetString(PyExc_ValueError, "a segment holds values and literals only");
+                    goto fail;
+                }
+            }
+            op->type = OP_SEGMENT;
+            op->index = index;
+            op->sub = count;
+            if (index + 1 > self->width)
+                self->width = index + 1;
+            continue;
+        }
+        if (optype != OP_VALUE && optype != OP_LITERAL) {
+            PyErr_Format(PyExc_ValueError, "unknown op type %ld", optype);
+            goto fail;
+        }
+        if (optype == OP_LITERAL) {
             PyObject *lit = PyTuple_GET_ITEM(item, 1);
             if (PyTuple_GET_SIZE(item) != 2 || !PyBytes_Check(lit)) {
                 PyErr_SetString(PyExc_TypeError, "a literal op is (1, bytes)");
                 goto fail;
             }
-            op->literal = 1;
+            op->type = OP_LITERAL;
             op->litlen = PyBytes_GET_SIZE(lit);
             op->lit = PyMem_Malloc((size_t)(op->litlen ? op->litlen : 1));
             if (op->lit == NULL) {
@@ -1158,6 +1324,7 @@ static PyObject *Render_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
             PyErr_SetString(PyExc_ValueError, "a value op's kind, index or sub is out of range");
             goto fail;
         }
+        op->type = OP_VALUE;
         op->kind = (int)kind;
         op->index = index;
         op->sub = sub;

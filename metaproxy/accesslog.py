@@ -449,6 +449,9 @@ class LinePlan:
                 ops.append((0, _KINDS.index(item.kind), self._changing[(item.name, item.key)], -1))
             else:
                 fields = sum(isinstance(p, Field) for p in item)
+                if fields > 1:  # its text is copied when its key equals the last record's
+                    marker = len(ops)
+                    ops.append((2, segment, 0))
                 place = 0
                 for part in item:
                     if isinstance(part, str):
@@ -456,8 +459,11 @@ class LinePlan:
                     else:
                         ops.append((0, _KINDS.index(part.kind), segment, -1 if fields == 1 else place))
                         place += 1
+                if fields > 1:
+                    ops[marker] = (2, segment, len(ops) - marker - 1)
+                    ops.append((1, b""))  # the next literal starts outside the segment
                 segment += 1
-        return ops
+        return [op for op in ops if op != (1, b"")]
 
     def render_bytes(self, records: list[tuple[Any, ...]]) -> bytes:
         """The lines of captured records as the UTF-8 the sink writes (lone surrogates as ``?``)."""

@@ -516,3 +516,40 @@ def test_both_paths_write_the_same_file(tmp_path, monkeypatch):
             (tmp_path / f"{native_}.log").unlink()
     if len(outputs) == 4:
         assert outputs[0] == outputs[2] and outputs[1] == outputs[3]
+
+
+@native
+def test_a_converter_that_renders_again_is_refused():
+    plan = text_renderer("%METHOD%|%METHOD%", native=True)
+
+    class Again:
+        def __str__(self) -> str:
+            plan._native_render([(("x", "x"),)])  # re-entering the same render: refused, not a corrupted buffer
+            return "never"
+
+    with pytest.raises(RuntimeError, match="again"):
+        plan._native_render([(("a", "a"),), ((Again(), "a"),)])
+    records = [(("a", "a"),), (("a", "b"),), (("b", "b"),)]
+    assert plan._native_render(records) == b"a|a\na|b\nb|b\n"  # and it still works
+
+
+@native
+def test_repeated_segments_and_values_are_copied_only_when_they_render_the_same():
+    """The render copies a segment's (or a value's) text when the record repeats the last key: same
+    objects or equal strs. Anything else (a changed value, a list, an int equal to a bool) renders anew."""
+    plan = json_renderer(native=True)
+    base = list(records_for(plan, lambda strategy: None))
+    key = ("tinyrpc", "in", "demo", "sayHello", None, "c1", "h1", ResponseStatus.SUCCESS, "", None, 1)
+    variants = [key, tuple("".join(["de", "mo"]) if v == "demo" else v for v in key),  # equal, not identical
+                key[:10] + (True,), key[:10] + (1,), key[:3] + (["a"],) + key[4:], key[:3] + (["a"],) + key[4:],
+                key[:7] + (ResponseStatus.ERROR,) + key[8:], key, key]
+    records = []
+    for i, variant in enumerate(variants * 3):
+        record = list(base)
+        record[:6] = [5000.0 + i * 0.001, 0.0012, i, 40, 55, None]
+        record[6], record[7] = variant, ("127.0.0.1:5555", "")
+        records.append(tuple(record))
+    assert rendered(plan, records) == reference(plan, records)
+    text = text_renderer("%METHOD% %RESPONSE_FLAGS%|%ATTEMPTS%", native=True)
+    records = [(("m", "UT", 1),), (("m", "UT", True),), (("m", "UT", 1),), (("m", "".join("UT"), 2),)]
+    assert text._native_render(records) == b"m UT|1\nm UT|True\nm UT|1\nm UT|2\n"
