@@ -32,3 +32,4 @@ bench-observability-micro: deps-observability
 
 test-observability: deps-observability
 	$(OBS_PYTHON) -m pytest -q tests/observability --timeout 120
+	METAPROXY_ACCESSLOG_NATIVE=0 $(OBS_PYTHON) -m pytest -q tests/observability --timeout 120
