@@ -54,14 +54,15 @@ deps: venv deps-apt
 
 # Two passes. First the whole suite with the hot path compiled (mk/compiled.mk): what ships, what the
 # benchmarks measure; METAPROXY_COMPILED=require makes a stale build an error, never a silent fallback.
-# Then the unit, codec and core end-to-end tests on the interpreted sources (METAPROXY_COMPILED=0):
-# the fallback every checkout can run, and the tests marked `interpreted` (they watch the inner paths
-# of interpreted code) run there.
-INTERPRETED_TESTS ?= tests/unit tests/codecs tests/e2e tests/observability tests/traffic
+# Then the unit, codec, core end-to-end, observability, traffic and WASM tests on the interpreted
+# sources (METAPROXY_COMPILED=0) with the access log's Python capture and render
+# (METAPROXY_ACCESSLOG_NATIVE=0): the fallback every checkout can run, and the tests marked
+# `interpreted` (they watch the inner paths of interpreted code) run there.
+INTERPRETED_TESTS ?= tests/unit tests/codecs tests/e2e tests/observability tests/traffic tests/wasm
 
 test: deps compiled
 	METAPROXY_COMPILED=require $(PY) -m pytest $(PYTEST_ARGS)
-	METAPROXY_COMPILED=0 $(PY) -m pytest $(INTERPRETED_TESTS) $(PYTEST_ARGS)
+	METAPROXY_COMPILED=0 METAPROXY_ACCESSLOG_NATIVE=0 $(PY) -m pytest $(INTERPRETED_TESTS) $(PYTEST_ARGS)
 
 test-fast: deps compiled
 	METAPROXY_COMPILED=require $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

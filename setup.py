@@ -1,6 +1,14 @@
 """metaproxy: a layer-7 proxy framework for RPC protocols (Dubbo, Thrift, Redis, private ones)."""
 
+import hashlib
+from pathlib import Path
+
 from setuptools import Extension, find_packages, setup
+
+# The access log extension carries the hash of the source it was built from: metaproxy/accesslog.py
+# uses it only while that matches metaproxy/_accesslog.c (an edited source is never shadowed by an old build).
+_ACCESSLOG_C = Path(__file__).resolve().parent / "metaproxy" / "_accesslog.c"
+_ACCESSLOG_SHA256 = hashlib.sha256(_ACCESSLOG_C.read_bytes()).hexdigest() if _ACCESSLOG_C.exists() else ""
 
 codec_packages = ["metaproxy_codecs"] + [
     "metaproxy_codecs." + name for name in find_packages("codecs")
@@ -16,6 +24,7 @@ setup(
     # The access log's capture and render in C (docs/observability.md, "Cost"). Optional: without a
     # compiler the install still succeeds and metaproxy/accesslog.py runs its Python path.
     ext_modules=[Extension("metaproxy._accesslog", ["metaproxy/_accesslog.c"], libraries=["m"],
+                           define_macros=[("METAPROXY_SOURCE_SHA256", f'"{_ACCESSLOG_SHA256}"')],
                            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"], optional=True)],
     # _compiled/: the hot path as `make compiled` built it (metaproxy/compiled.py uses it only while it
     # matches the sources), so the image's wheel carries it.

@@ -25,6 +25,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+
+#ifndef METAPROXY_SOURCE_SHA256 /* setup.py defines it: the SHA-256 of this file when it was built */
+#define METAPROXY_SOURCE_SHA256 ""
+#endif
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -1390,7 +1394,8 @@ PyMODINIT_FUNC PyInit__accesslog(void) {
     if (PyModule_AddObjectRef(m, "Capture", (PyObject *)&CaptureType) < 0 ||
         PyModule_AddObjectRef(m, "RequestEnd", (PyObject *)&RequestEndType) < 0 ||
         PyModule_AddObjectRef(m, "Render", (PyObject *)&RenderType) < 0 ||
-        PyModule_AddIntConstant(m, "ABI", 1) < 0) {
+        PyModule_AddIntConstant(m, "ABI", 1) < 0 ||
+        PyModule_AddStringConstant(m, "SOURCE_SHA256", METAPROXY_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -44,6 +44,7 @@ See docs/observability.md for the fields and formats.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -51,6 +52,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from enum import EnumMeta
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -78,16 +80,38 @@ SEGMENT_CACHE_SIZE = 4096
 
 _monotonic = time.monotonic
 
-try:  # the capture and the render in C (metaproxy/_accesslog.c, built by setup.py); Python without it
-    from metaproxy import _accesslog as _native
-except ImportError:  # pragma: no cover - a build without a compiler
-    _native = None  # type: ignore[assignment]
+def _load_native(source: Path = Path(__file__).resolve().parent / "_accesslog.c") -> tuple[Any, str]:
+    """The C capture and render (metaproxy/_accesslog.c, built by setup.py), or None and why not.
+
+    A build is used only while it was made from the source beside it (its ``SOURCE_SHA256``): an
+    edited ``_accesslog.c`` that was not rebuilt runs the Python path rather than the old C. An
+    installed wheel carries no source, so there is nothing to compare.
+    """
+    try:
+        from metaproxy import _accesslog as native
+    except ImportError:  # a build without a compiler
+        return None, "not built"
+    if source.exists():
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        if getattr(native, "SOURCE_SHA256", "") != digest:
+            return None, "built from another _accesslog.c (make deps-observability rebuilds it)"
+    return native, "built"
+
+
+_native, NATIVE_REASON = _load_native()
 
 
 def native_available() -> bool:
-    """Whether plans use the C capture and render: built, and not switched off with
-    ``METAPROXY_ACCESSLOG_NATIVE=0`` (the pure-Python path, for comparison)."""
+    """Whether plans use the C capture and render: built from the current source, and not switched
+    off with ``METAPROXY_ACCESSLOG_NATIVE=0`` (the pure-Python path, for comparison)."""
     return _native is not None and os.environ.get("METAPROXY_ACCESSLOG_NATIVE", "") != "0"
+
+
+def native_state() -> str:
+    """``native`` or ``python (why)``: for /config_dump and the start log."""
+    if native_available():
+        return "native"
+    return "python (" + ("METAPROXY_ACCESSLOG_NATIVE=0" if _native is not None else NATIVE_REASON) + ")"
 
 
 # -- fields ----------------------------------------------------------------------

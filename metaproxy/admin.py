@@ -32,7 +32,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from metaproxy import compiled
+from metaproxy import accesslog, compiled
 from metaproxy.settings import parse_duration
 from metaproxy.stats import Counter, Gauge, Histogram, StatsStore
 
@@ -216,6 +216,8 @@ def config_dump(proxy: Any) -> dict[str, Any]:
         # Whether this process runs the hot path as mypyc compiled it, and if not why (metaproxy/compiled.py).
         "hot_path": {"mode": compiled.STATE["mode"], "reason": compiled.STATE["reason"],
                      "modules": len(compiled.STATE["modules"])},
+        # The access log's capture and render: in C (metaproxy/_accesslog.c) or the Python path, and why.
+        "access_log_renderer": accesslog.native_state(),
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from metaproxy import compiled, downstream
+from metaproxy import accesslog, compiled, downstream
 from metaproxy.config import ListenerConfig, ProxyConfig
 from metaproxy.heap import settle_heap
 from metaproxy.observer import RequestObserver
@@ -55,6 +55,8 @@ class Proxy:
             log.info("hot path: compiled (%d modules)", len(state["modules"]))
         else:
             log.info("hot path: interpreted (%s)", state["reason"])
+        if self.config.access_log:
+            log.info("access log renderer: %s", accesslog.native_state())
         for cluster in self.clusters.clusters.values():
             self._start_cluster_services(cluster)
         for listener in self.listeners.values():

@@ -13,6 +13,7 @@ import gc
 import os
 import sys
 import weakref
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -34,6 +35,25 @@ def test_the_extension_is_built():
         return
     assert accesslog._native is not None, "build it: make accesslog-ext"
     assert accesslog.native_available() and json_renderer().native
+
+
+def test_a_build_of_another_source_is_not_used(tmp_path):
+    """An edited _accesslog.c that was not rebuilt runs the Python path, never the old C."""
+    real = Path(accesslog.__file__).with_name("_accesslog.c")
+    module, why = accesslog._load_native(real)
+    assert module is not None and why == "built"
+    edited = tmp_path / "_accesslog.c"
+    edited.write_bytes(real.read_bytes() + b"/* edited */\n")
+    module, why = accesslog._load_native(edited)
+    assert module is None and "another _accesslog.c" in why
+    module, why = accesslog._load_native(tmp_path / "absent.c")  # an installed wheel: nothing to compare
+    assert module is not None
+
+
+def test_the_admin_and_the_log_say_which_renderer_runs():
+    expected = "python (METAPROXY_ACCESSLOG_NATIVE=0)" if os.environ.get("METAPROXY_ACCESSLOG_NATIVE") == "0" \
+        else "native"
+    assert accesslog.native_state() == expected
 
 
 def outcome(call):

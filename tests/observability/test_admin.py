@@ -8,6 +8,7 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from metaproxy import accesslog
 from metaproxy.admin import AdminServer, merge_snapshots, prometheus_name, prometheus_text, snapshot
 from metaproxy.config import parse_config
 from metaproxy.proxy import Proxy
@@ -103,6 +104,9 @@ def test_config_dump_shows_a_route_update_with_its_version():
     dump = json.loads(call(server, "/config_dump")[1])["listeners"][0]
     assert (dump["route_config"]["version"], dump["route_config"]["routes"]) == ("7", ["b", "a"])
     assert dump["route_updates"] == 1
+    whole = json.loads(call(server, "/config_dump")[1])
+    assert whole["hot_path"]["mode"] in ("compiled", "interpreted")
+    assert whole["access_log_renderer"] == accesslog.native_state()
     proxy.shutdown()
 
 
