@@ -59,13 +59,51 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
+def entered_cost(dump: Path, pattern: str) -> int:
+    """Instructions spent inside functions whose name matches ``pattern``, callees included, counted
+    on the calls made into them from functions that do not match (so nested calls count once).
+
+    Read from callgrind's call edges: after ``calls=`` the next cost line is the calls' inclusive
+    cost. What callers do inline (a compiled caller incrementing a native counter's field itself)
+    is not in any such function and is not counted.
+    """
+    match = re.compile(pattern).search
+    names: dict[str, str] = {}
+
+    def name(spec: str) -> str:  # "(id) name" defines a compressed name, "(id)" uses it
+        spec = spec.strip()
+        if spec.startswith("("):
+            key, _, rest = spec.partition(")")
+            if rest.strip():
+                names[key] = rest.strip()
+            return names.get(key, spec)
+        return spec
+
+    total, caller, callee, edge = 0, "", "", False
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith("fn="):
+            caller = name(line[3:])
+        elif line.startswith("cfn="):
+            callee = name(line[4:])
+        elif line.startswith("calls="):
+            edge = True
+        elif edge and line[:1] in "0123456789+-*":
+            edge = False
+            if match(callee) and not match(caller):
+                total += int(line.split()[1])
+    return total
+
+
 def measure(scenario: str, requests: int, conns: int, build: Path, python: str, relay: str | None = None,
-            variant: str | None = None, keep: Path | None = None) -> float:
+            variant: str | None = None, keep: Path | None = None,
+            shares: dict[str, str] | None = None) -> float:
     """Instructions per request of a metaproxy (one listener, router, one upstream) for ``scenario``.
 
     ``relay``: measure bench/RELAY.py (an L4 relay, no decoding) in its place. ``variant``: the
     config of bench/observability_bench.py's variant of that name (tinyrpc), for what an access
     log or tracing adds. ``keep``: copy callgrind's dump there (for ``callgrind_annotate``).
+    ``shares``: label -> function-name pattern; each is replaced by its instructions per request
+    (:func:`entered_cost`).
     """
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -103,6 +141,8 @@ def measure(scenario: str, requests: int, conns: int, build: Path, python: str, 
         dump = max(dumps, key=lambda p: p.stat().st_mtime)
         if keep is not None:
             shutil.copy(dump, keep)
+        for label, pattern in (shares or {}).items():
+            shares[label] = f"{entered_cost(dump, pattern) / requests:,.0f}"  # type: ignore[index]
         return _total(dump) / requests
     finally:
         proxy.kill()
@@ -123,13 +163,20 @@ def main() -> None:
                    help="measure this L4 relay of bench/ instead of metaproxy (the floor of each serving shape)")
     p.add_argument("--keep", type=Path, help="copy callgrind's dump to this file (callgrind_annotate FILE)")
     p.add_argument("--variant", help="an observability variant of bench/observability_bench.py (tinyrpc only)")
+    p.add_argument("--share", action="append", default=[], metavar="LABEL=REGEX",
+                   help="also the instructions per request inside functions matching REGEX, entered from "
+                        "others (e.g. stats='(^|_)stats___' for the compiled stats module)")
     args = p.parse_args()
+    shares = dict(item.split("=", 1) for item in args.share)
+    patterns = dict(shares)
     if args.variant and args.scenario != "tinyrpc":
         p.error("--variant measures tinyrpc")
     per = measure(args.scenario, args.requests, args.connections, args.build, args.python, args.relay, args.variant,
-                  args.keep)
+                  args.keep, shares)
     print(f"{args.relay or 'metaproxy'}{' ' + args.variant if args.variant else ''}, {args.scenario}: "
           f"{per:,.0f} instructions per request (user space, valgrind callgrind)")
+    for label, cost in shares.items():
+        print(f"  of which {label}: {cost} instructions per request (functions matching {patterns[label]!r})")
 
 
 if __name__ == "__main__":

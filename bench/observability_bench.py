@@ -6,8 +6,10 @@ The same C tinyrpc load generator and upstream as bench/run.py drive one
 metaproxy process per variant (a catch-all route, router only):
 
     off           no access log, no tracing (stats are always on: they are the baseline's)
-    access_log    JSON access log to a file
-    access_log_text  the text access log of docs/observability.md's example to a file (not in the default run)
+    access_log    JSON access log (the default format: every field) to a file
+    access_log_text  the text access log of docs/observability.md's example to a file
+    access_log_null, access_log_shm  the JSON one to /dev/null, to /dev/shm (what the file system costs;
+                  not in the default run)
     tracing_100   tracing, console exporter to a file, every request sampled
     tracing_1     the same, 1% sampled
     all_100       access log + tracing 100%
@@ -20,9 +22,9 @@ on CPU 1 (as ``bench/run.py --pin``): the proxy's core is its own, so what it
 spends per request is what its throughput shows. The proxy runs the compiled
 hot path (``METAPROXY_COMPILED=require``: a stale build fails rather than
 being measured interpreted). Stats cannot be
-switched off, so their cost is measured apart: the stat operations one
-request performs, timed in this process, as a share of the proxy's CPU time
-per request in the ``off`` variant.
+switched off, so their cost is counted apart: the instructions a request spends
+inside the compiled stats module (valgrind, bench/icount.py ``--share``), as a
+share of the ``off`` variant's instructions and so of its user CPU time.
 """
 
 from __future__ import annotations
@@ -108,14 +110,27 @@ def measure(name: str, scenario: TinyRpcScenario, upstream_port: int, spec: Load
             "cpu_us": user_us + sys_us, "user_us": user_us, "sys_us": sys_us, "errors": result.errors}
 
 
-def stats_cost_ns() -> float:
-    """Nanoseconds of the stat operations server.py and the router do for one successful request."""
-    from observability_micro import stats_request_inline, time_stats
-
-    return time_stats(200_000, 1, stats_request_inline)
+#: The compiled stats module's functions, as mypyc names them (``CPyDef_stats___Histogram___observe``).
+STATS_FUNCTIONS = r"(^|_)stats___"
 
 
-def report(runs: dict[str, list[dict]], stats_ns: float) -> str:
+def stats_instructions(build: Path) -> tuple[float, float] | None:
+    """(instructions per request of the ``off`` variant, of them inside the stats code), counted by
+    valgrind (bench/icount.py): what the stat operations of a real request cost, compiled as they
+    ship. Their own increments written inline in compiled callers are a few instructions each and
+    are not in it. None without valgrind."""
+    import shutil
+
+    from icount import measure as icount
+
+    if shutil.which("valgrind") is None:
+        return None
+    shares = {"stats": STATS_FUNCTIONS}
+    total = icount("tinyrpc", 2000, 20, build, sys.executable, variant="off", shares=shares)
+    return total, float(shares["stats"].replace(",", ""))
+
+
+def report(runs: dict[str, list[dict]], stats: tuple[float, float] | None) -> str:
     """Best round per variant, and each variant's throughput against ``off`` of the same round (the
     median over rounds: a pair seconds apart sees the same machine)."""
     best = {name: max(rows, key=lambda r: r["rps"]) for name, rows in runs.items()}
@@ -132,19 +147,29 @@ def report(runs: dict[str, list[dict]], stats_ns: float) -> str:
                      f"{r['cpu_us'] - base['cpu_us']:>+8.1f}")
     lines.append("(req/s, latency and CPU: the best round; vs off: best against best; paired: the median over "
                  "rounds of the variant against off in the same round)")
-    share = stats_ns / 1000 / base["cpu_us"] if base["cpu_us"] else 0.0
-    lines.append(f"stats (always on, inside 'off'): {stats_ns:.0f} ns of stat operations per request = "
-                 f"{share:.1%} of the proxy's {base['cpu_us']:.1f} µs CPU per request")
+    share = 0.0
+    if stats is None:
+        lines.append("stats (always on, inside 'off'): not measured (valgrind is missing: make deps-bench)")
+    else:
+        total, inside = stats
+        # user-space instructions; their share of the CPU is that share of the user time
+        share = inside / total * base["user_us"] / base["cpu_us"] if base["cpu_us"] else 0.0
+        lines.append(f"stats (always on, inside 'off'): {inside:,.0f} of {total:,.0f} instructions per request "
+                     f"(valgrind) = {inside / total:.1%} of user time = {share:.1%} of the proxy's CPU per request")
     if "access_log" in runs:
         cost = -paired("access_log") + share
-        lines.append(f"stats + access log: about {cost:.1%} of throughput, paired (target: at most 5%)")
+        lines.append(f"stats + JSON access log: about {cost:.1%} of throughput, paired (target: at most 5%)")
+    if "access_log_text" in runs:
+        cost = -paired("access_log_text") + share
+        lines.append(f"stats + text access log: about {cost:.1%} of throughput, paired (target: at most 5%)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build", type=Path, default=ROOT / "build" / "bench", help="where the C tools are built")
-    p.add_argument("--variants", default=",".join(v for v in VARIANTS if v != "access_log_text"))
+    p.add_argument("--variants",
+                   default=",".join(v for v in VARIANTS if v not in ("access_log_null", "access_log_shm")))
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--depth", type=int, default=1)
     p.add_argument("--seconds", type=float, default=3.0)
@@ -183,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seconds}s per measurement, {args.rounds} rounds{', pinned' if args.pin else ''}; "
           f"load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after ({os.cpu_count()} CPUs)")
-    print(report(runs, stats_cost_ns()))
+    print(report(runs, stats_instructions(args.build)))
     print(f"command: {Path(sys.executable).name} bench/observability_bench.py {' '.join(argv or sys.argv[1:])}")
     return 0
 

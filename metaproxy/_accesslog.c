@@ -3,15 +3,18 @@
  * Capture (the request path): one call reads the values a format needs from a
  * RequestContext and builds the record tuple, laid out exactly as the Python
  * capture of metaproxy/accesslog.py builds it (the two are interchangeable and
- * tested equal). RequestEnd is the observer's whole request_end: end time,
- * filter, bound, capture, append, wake.
+ * tested equal).
  *
- * Render (the flusher): one call turns a batch of records into the UTF-8 bytes
- * of its lines, byte for byte what LinePlan.render_slowly(...).encode("utf-8",
- * "replace") gives. Values of the common types (None, str, int, float times and
+ * Render: one call turns a batch of records into the UTF-8 bytes of its lines,
+ * byte for byte what LinePlan.render_slowly(...).encode("utf-8", "replace")
+ * gives. Values of the common types (None, str, int, float times and
  * durations) are written here; any other value is handed to the Python
  * converter the plan uses (its result is then copied), so a rare type renders
  * exactly as the reference does rather than as a C guess at it.
+ *
+ * Writer (the logger's request path): end time, filter, bound, capture, and the
+ * line rendered into the batch at once, with the Render it owns; the flusher
+ * takes the batch's bytes whole.
  *
  * Attribute reads: a compiled (mypyc) RequestContext exposes its fields as
  * getset descriptors; the descriptor's getter is looked up once per type (and
@@ -593,19 +596,11 @@ static PyTypeObject CaptureType = {
     .tp_clear = (inquiry)Capture_clear,
 };
 
-/* ---- RequestEnd ------------------------------------------------------------------- */
-
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    Capture *capture;
-    PyObject *logger, *pending, *accept, *wake, *monotonic;
-    Py_ssize_t limit, wake_at;
-} RequestEnd;
+/* ---- shared by the request path ------------------------------------------------------ */
 
 /* ctx.end_time or monotonic() */
-static PyObject *end_time(RequestEnd *self, PyObject *ctx) {
-    PyObject *end = attr_get(&self->capture->a_end_time, ctx);
+static PyObject *end_time(Capture *capture, PyObject *monotonic, PyObject *ctx) {
+    PyObject *end = attr_get(&capture->a_end_time, ctx);
     if (end == NULL)
         return NULL;
     int truth = PyFloat_CheckExact(end) ? PyFloat_AS_DOUBLE(end) != 0.0 : PyObject_IsTrue(end);
@@ -614,11 +609,12 @@ static PyObject *end_time(RequestEnd *self, PyObject *ctx) {
     Py_DECREF(end);
     if (truth < 0)
         return NULL;
-    return PyObject_CallNoArgs(self->monotonic);
+    return PyObject_CallNoArgs(monotonic);
 }
 
-static int count_dropped(RequestEnd *self) {
-    PyObject *n = PyObject_GetAttr(self->logger, s_dropped);
+/* logger.dropped += 1 */
+static int count_dropped(PyObject *logger) {
+    PyObject *n = PyObject_GetAttr(logger, s_dropped);
     if (n == NULL)
         return -1;
     PyObject *one = PyLong_FromLong(1);
@@ -627,139 +623,10 @@ static int count_dropped(RequestEnd *self) {
     Py_XDECREF(one);
     if (m == NULL)
         return -1;
-    int rc = PyObject_SetAttr(self->logger, s_dropped, m);
+    int rc = PyObject_SetAttr(logger, s_dropped, m);
     Py_DECREF(m);
     return rc;
 }
-
-static PyObject *RequestEnd_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    RequestEnd *self = (RequestEnd *)op;
-    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "request_end(ctx) takes exactly one positional argument");
-        return NULL;
-    }
-    if (self->capture == NULL || self->capture->as_str == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "request_end was cleared");
-        return NULL;
-    }
-    PyObject *ctx = args[0], *end = NULL;
-    if (self->accept != Py_None) { /* the filter runs before anything is captured */
-        if ((end = end_time(self, ctx)) == NULL)
-            return NULL;
-        PyObject *ok = PyObject_CallFunctionObjArgs(self->accept, ctx, end, NULL);
-        int truth = ok ? PyObject_IsTrue(ok) : -1;
-        Py_XDECREF(ok);
-        if (truth <= 0) {
-            Py_DECREF(end);
-            if (truth < 0)
-                return NULL;
-            Py_RETURN_NONE;
-        }
-    }
-    Py_ssize_t n = PyList_GET_SIZE(self->pending);
-    if (n >= self->limit) {
-        Py_XDECREF(end);
-        if (count_dropped(self) < 0)
-            return NULL;
-        Py_RETURN_NONE;
-    }
-    if (end == NULL && (end = end_time(self, ctx)) == NULL)
-        return NULL;
-    PyObject *record = capture_record(self->capture, ctx, end);
-    Py_DECREF(end);
-    if (record == NULL)
-        return NULL;
-    int rc = PyList_Append(self->pending, record);
-    Py_DECREF(record);
-    if (rc < 0)
-        return NULL;
-    if (n == self->wake_at) {
-        PyObject *r = PyObject_CallNoArgs(self->wake);
-        if (r == NULL)
-            return NULL;
-        Py_DECREF(r);
-    }
-    Py_RETURN_NONE;
-}
-
-static int RequestEnd_traverse(RequestEnd *self, visitproc visit, void *arg) {
-    Py_VISIT(self->capture);
-    Py_VISIT(self->logger);
-    Py_VISIT(self->pending);
-    Py_VISIT(self->accept);
-    Py_VISIT(self->wake);
-    Py_VISIT(self->monotonic);
-    return 0;
-}
-
-static int RequestEnd_clear(RequestEnd *self) {
-    Py_CLEAR(self->capture);
-    Py_CLEAR(self->logger);
-    Py_CLEAR(self->pending);
-    Py_CLEAR(self->accept);
-    Py_CLEAR(self->wake);
-    Py_CLEAR(self->monotonic);
-    return 0;
-}
-
-static void RequestEnd_dealloc(RequestEnd *self) {
-    PyObject_GC_UnTrack(self);
-    RequestEnd_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-
-/* RequestEnd(capture, logger, pending, accept, limit, wake_at, wake, monotonic) */
-static PyObject *RequestEnd_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PyObject *capture, *logger, *pending, *accept, *wake, *monotonic;
-    Py_ssize_t limit, wake_at;
-    static char *kwlist[] = {"capture", "logger", "pending", "accept", "limit", "wake_at", "wake", "monotonic",
-                             NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO!OnnOO:RequestEnd", kwlist, &CaptureType, &capture, &logger,
-                                     &PyList_Type, &pending, &accept, &limit, &wake_at, &wake, &monotonic))
-        return NULL;
-    if (!PyList_CheckExact(pending)) {
-        PyErr_SetString(PyExc_TypeError, "pending must be a list");
-        return NULL;
-    }
-    if ((accept != Py_None && !PyCallable_Check(accept)) || !PyCallable_Check(wake) || !PyCallable_Check(monotonic)) {
-        PyErr_SetString(PyExc_TypeError, "accept (or None), wake and monotonic must be callable");
-        return NULL;
-    }
-    RequestEnd *self = (RequestEnd *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    self->vectorcall = RequestEnd_vectorcall;
-    Py_INCREF(capture);
-    self->capture = (Capture *)capture;
-    Py_INCREF(logger);
-    self->logger = logger;
-    Py_INCREF(pending);
-    self->pending = pending;
-    Py_INCREF(accept);
-    self->accept = accept;
-    Py_INCREF(wake);
-    self->wake = wake;
-    Py_INCREF(monotonic);
-    self->monotonic = monotonic;
-    self->limit = limit;
-    self->wake_at = wake_at;
-    return (PyObject *)self;
-}
-
-static PyTypeObject RequestEndType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "metaproxy._accesslog.RequestEnd",
-    .tp_doc = "request_end(ctx): the access logger's request path (filter, bound, capture, append, wake)",
-    .tp_basicsize = sizeof(RequestEnd),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(RequestEnd, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_new = RequestEnd_new,
-    .tp_dealloc = (destructor)RequestEnd_dealloc,
-    .tp_traverse = (traverseproc)RequestEnd_traverse,
-    .tp_clear = (inquiry)RequestEnd_clear,
-};
 
 /* ---- Render ------------------------------------------------------------------------ */
 
@@ -1355,6 +1222,252 @@ static PyTypeObject RenderType = {
     .tp_clear = (inquiry)Render_clear,
 };
 
+/* ---- Writer: capture and render at the end of the request ---------------------------- */
+
+/* The request path of a logger whose lines are rendered as each request ends, into the buffer
+ * the flusher takes whole: the values are read while the request's objects are still in the
+ * cache, the record tuple is freed at once (no thousand of them waiting for the flusher, no
+ * second pass over them), and the flusher only writes. The bytes are those Render gives for the
+ * same records in one batch (the clock is synced once per batch, as Render does). A line that
+ * fails to render is dropped and counted (the exception is reported as unraisable), never raised
+ * into the request: the request has been answered. A capture that fails raises, as the
+ * Python request path does. The Render it owns is refused to any other caller. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Capture *capture;
+    Render *render;
+    PyObject *logger, *accept, *wake, *monotonic;
+    Py_ssize_t limit, wake_at, lines, expect;
+    int busy;
+    Buf buf;
+    RState st;
+} Writer;
+
+/* Render one record at the end of the buffer; on failure the buffer is as it was. */
+static int writer_render(Writer *self, PyObject *record) {
+    Render *r = self->render;
+    Buf *b = &self->buf;
+    Py_ssize_t start = b->len;
+    memo_enum_type = r->enum_type;
+    if (self->lines == 0) {
+        if (state_init(r, &self->st) < 0)
+            return -1;
+        Py_ssize_t want = self->expect * (r->hint + 16);
+        if (b->cap == 0 && want > 0 && self->expect < PY_SSIZE_T_MAX / (r->hint + 16) && buf_grow(b, want) < 0)
+            return -1;
+    }
+    if (render_record(r, &self->st, b, record, self->lines) < 0) {
+        if (b->obj != NULL)
+            b->len = start;
+        forget_prev(r); /* a value of this line may be remembered at an offset past `start` */
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Writer_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Writer *self = (Writer *)op;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "request_end(ctx) takes exactly one positional argument");
+        return NULL;
+    }
+    if (self->capture == NULL || self->render == NULL || self->capture->as_str == NULL ||
+        self->render->clock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the writer was cleared");
+        return NULL;
+    }
+    if (self->busy) { /* a converter or a filter that ends a request of this logger */
+        PyErr_SetString(PyExc_RuntimeError, "request_end called again while a line is rendered");
+        return NULL;
+    }
+    PyObject *ctx = args[0], *end = NULL;
+    if (self->accept != Py_None) {
+        if ((end = end_time(self->capture, self->monotonic, ctx)) == NULL)
+            return NULL;
+        PyObject *ok = PyObject_CallFunctionObjArgs(self->accept, ctx, end, NULL);
+        int truth = ok ? PyObject_IsTrue(ok) : -1;
+        Py_XDECREF(ok);
+        if (truth <= 0) {
+            Py_DECREF(end);
+            if (truth < 0)
+                return NULL;
+            Py_RETURN_NONE;
+        }
+    }
+    if (self->lines >= self->limit) {
+        Py_XDECREF(end);
+        if (count_dropped(self->logger) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (end == NULL && (end = end_time(self->capture, self->monotonic, ctx)) == NULL)
+        return NULL;
+    PyObject *record = capture_record(self->capture, ctx, end);
+    Py_DECREF(end);
+    if (record == NULL)
+        return NULL;
+    self->busy = 1;
+    int rc = writer_render(self, record);
+    self->busy = 0;
+    Py_DECREF(record);
+    if (rc < 0) {
+        PyErr_WriteUnraisable(self->logger);
+        if (count_dropped(self->logger) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    if (self->lines++ == self->wake_at) {
+        PyObject *w = PyObject_CallNoArgs(self->wake);
+        if (w == NULL)
+            return NULL;
+        Py_DECREF(w);
+    }
+    Py_RETURN_NONE;
+}
+
+/* take() -> (bytes, lines): what was rendered since the last take; the buffer starts again. */
+static PyObject *Writer_take(Writer *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "take() called while a line is rendered");
+        return NULL;
+    }
+    Py_ssize_t lines = self->lines;
+    PyObject *data;
+    if (self->buf.obj == NULL || self->buf.len == 0) {
+        data = PyBytes_FromStringAndSize("", 0);
+    } else {
+        if (_PyBytes_Resize(&self->buf.obj, self->buf.len) < 0) {
+            self->buf.obj = NULL;
+            self->buf.data = NULL;
+            self->buf.len = self->buf.cap = 0;
+            self->lines = 0;
+            if (self->render != NULL)
+                forget_prev(self->render);
+            return NULL;
+        }
+        data = self->buf.obj;
+        if (self->render != NULL && lines > 0)
+            self->render->hint = self->buf.len / lines;
+    }
+    self->buf.obj = NULL;
+    self->buf.data = NULL;
+    self->buf.len = self->buf.cap = 0;
+    if (lines > 0) /* the next batch is sized for as many lines as this one, up to the wake-up */
+        self->expect = lines < self->wake_at + 1 ? lines : self->wake_at + 1;
+    self->lines = 0;
+    if (self->render != NULL)
+        forget_prev(self->render);
+    if (data == NULL)
+        return NULL;
+    PyObject *result = Py_BuildValue("(Nn)", data, lines);
+    return result;
+}
+
+static PyObject *Writer_get_lines(Writer *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(self->lines);
+}
+
+static int Writer_traverse(Writer *self, visitproc visit, void *arg) {
+    Py_VISIT(self->capture);
+    Py_VISIT(self->render);
+    Py_VISIT(self->logger);
+    Py_VISIT(self->accept);
+    Py_VISIT(self->wake);
+    Py_VISIT(self->monotonic);
+    return 0;
+}
+
+static int Writer_clear(Writer *self) {
+    if (self->render != NULL)
+        self->render->busy = 0;
+    Py_CLEAR(self->capture);
+    Py_CLEAR(self->render);
+    Py_CLEAR(self->logger);
+    Py_CLEAR(self->accept);
+    Py_CLEAR(self->wake);
+    Py_CLEAR(self->monotonic);
+    return 0;
+}
+
+static void Writer_dealloc(Writer *self) {
+    PyObject_GC_UnTrack(self);
+    Writer_clear(self);
+    Py_CLEAR(self->buf.obj);
+    Py_CLEAR(self->st.text);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Writer(capture, render, logger, accept, limit, wake_at, wake, monotonic) */
+static PyObject *Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *capture, *render, *logger, *accept, *wake, *monotonic;
+    Py_ssize_t limit, wake_at;
+    static char *kwlist[] = {"capture", "render", "logger", "accept", "limit", "wake_at", "wake", "monotonic", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!OOnnOO:Writer", kwlist, &CaptureType, &capture, &RenderType,
+                                     &render, &logger, &accept, &limit, &wake_at, &wake, &monotonic))
+        return NULL;
+    if ((accept != Py_None && !PyCallable_Check(accept)) || !PyCallable_Check(wake) || !PyCallable_Check(monotonic)) {
+        PyErr_SetString(PyExc_TypeError, "accept (or None), wake and monotonic must be callable");
+        return NULL;
+    }
+    if (limit < 0 || wake_at < 0) {
+        PyErr_SetString(PyExc_ValueError, "limit and wake_at must not be negative");
+        return NULL;
+    }
+    if (((Render *)render)->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "this Render is in use (rendering, or another Writer's)");
+        return NULL;
+    }
+    Writer *self = (Writer *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->vectorcall = Writer_vectorcall;
+    Py_INCREF(capture);
+    self->capture = (Capture *)capture;
+    Py_INCREF(render);
+    self->render = (Render *)render;
+    self->render->busy = 1; /* its per-op memory points into this writer's buffer */
+    Py_INCREF(logger);
+    self->logger = logger;
+    Py_INCREF(accept);
+    self->accept = accept;
+    Py_INCREF(wake);
+    self->wake = wake;
+    Py_INCREF(monotonic);
+    self->monotonic = monotonic;
+    self->limit = limit;
+    self->wake_at = wake_at;
+    self->expect = 1;
+    return (PyObject *)self;
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"take", (PyCFunction)Writer_take, METH_NOARGS,
+     "take() -> (bytes, lines): the lines rendered since the last take, as one UTF-8 bytes object"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Writer_getset[] = {
+    {"lines", (getter)Writer_get_lines, NULL, "lines rendered and not yet taken", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "metaproxy._accesslog.Writer",
+    .tp_doc = "request_end(ctx): filter, bound, capture and render the line now; take() hands the lines over",
+    .tp_basicsize = sizeof(Writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Writer, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = Writer_new,
+    .tp_dealloc = (destructor)Writer_dealloc,
+    .tp_traverse = (traverseproc)Writer_traverse,
+    .tp_clear = (inquiry)Writer_clear,
+    .tp_methods = Writer_methods,
+    .tp_getset = Writer_getset,
+};
+
 /* ---- module ---------------------------------------------------------------------------- */
 
 static struct PyModuleDef accesslog_module = {
@@ -1386,15 +1499,16 @@ PyMODINIT_FUNC PyInit__accesslog(void) {
         }
         Py_INCREF(dict_get_descr);
     }
-    if (PyType_Ready(&CaptureType) < 0 || PyType_Ready(&RequestEndType) < 0 || PyType_Ready(&RenderType) < 0)
+    if (PyType_Ready(&CaptureType) < 0 || PyType_Ready(&RenderType) < 0 ||
+        PyType_Ready(&WriterType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&accesslog_module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Capture", (PyObject *)&CaptureType) < 0 ||
-        PyModule_AddObjectRef(m, "RequestEnd", (PyObject *)&RequestEndType) < 0 ||
         PyModule_AddObjectRef(m, "Render", (PyObject *)&RenderType) < 0 ||
-        PyModule_AddIntConstant(m, "ABI", 1) < 0 ||
+        PyModule_AddObjectRef(m, "Writer", (PyObject *)&WriterType) < 0 ||
+        PyModule_AddIntConstant(m, "ABI", 2) < 0 ||
         PyModule_AddStringConstant(m, "SOURCE_SHA256", METAPROXY_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;

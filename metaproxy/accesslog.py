@@ -43,7 +43,6 @@ See docs/observability.md for the fields and formats.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -428,13 +427,23 @@ class LinePlan:
         #: ``make_request_end(logger, pending, accept, limit, wake_at, wake, monotonic) -> request_end(ctx)``
         self.make_request_end: Callable[..., Callable[[RequestContext], None]] = namespace["make_request_end"]
         self._fast = namespace["make_render"](*tables)
-        #: Whether capture, request_end and render_bytes run in C (metaproxy/_accesslog.c).
+        #: Whether capture, render_bytes and a logger's request path run in C (metaproxy/_accesslog.c).
         self.native = native_available() if native is None else (native and _native is not None)
         if self.native:
             self.capture = _native.Capture(self._capture_spec(), Metadata.__dict__["get_str"], as_str)
-            self.make_request_end = functools.partial(_native.RequestEnd, self.capture)
-            self._native_render = _native.Render(self._render_ops(), mode == "json", self.clock, convert, _KINDS,
-                                                 EnumMeta)
+            self._native_render = self._new_native_render()
+
+    def _new_native_render(self) -> Any:
+        return _native.Render(self._render_ops(), self.mode == "json", self.clock, self._convert, _KINDS, EnumMeta)
+
+    def make_writer(self, logger: Any, accept: Callable[[RequestContext, float], bool] | None, limit: int,
+                    wake_at: int, wake: Callable[[], None], monotonic: Callable[[], float]) -> Any:
+        """A native plan's request path (``_native.Writer``): each line is captured and rendered as its
+        request ends, into the batch the flusher takes with ``take() -> (bytes, lines)``; ``lines`` is
+        how many wait. Same filter, bound and wake-up as ``make_request_end``; it has a Render of its own."""
+        assert self.native, "make_writer needs the C extension"
+        return _native.Writer(self.capture, self._new_native_render(), logger, accept, limit, wake_at, wake,
+                              monotonic)
 
     def _capture_spec(self) -> list[tuple[bool, tuple[tuple[int, str | None], ...]]]:
         """The record's layout for the C capture: per slot, (single value?, the fields' (code, name))."""
@@ -776,13 +785,17 @@ class AccessLogger(RequestObserver):
         self.flush_interval = flush_interval
         self.written = 0
         self.dropped = 0
-        #: Captured records waiting for the flusher. Never replaced, only emptied: request_end keeps
-        #: its bound ``append``.
+        #: Captured records waiting for the flusher (the Python path). Never replaced, only emptied:
+        #: request_end keeps its bound ``append``.
         self._pending: list[tuple[Any, ...]] = []
         self._wake = Event()
         self._closed = False
-        # The request path, generated with the plan's capture inlined; it shadows the method below.
-        self.request_end = plan.make_request_end(  # type: ignore[method-assign]
+        # The request path; it shadows the method below. Native: the C Writer renders each line as its
+        # request ends (while its values are in the cache) into the batch the flusher takes. Python: the
+        # generated request_end, with the plan's capture inlined, appends records the flusher renders.
+        self._writer = plan.make_writer(self, accept, MAX_PENDING_LINES, WAKE_LINES, self._wake.set,
+                                        _monotonic) if plan.native else None
+        self.request_end = self._writer if self._writer is not None else plan.make_request_end(  # type: ignore[method-assign]
             self, self._pending, accept, MAX_PENDING_LINES, WAKE_LINES, self._wake.set, _monotonic)
         self._flusher = gevent.spawn(self._flush_loop)
 
@@ -812,8 +825,16 @@ class AccessLogger(RequestObserver):
                 except OSError as exc:
                     self._write_failed(exc)
 
+    def pending_lines(self) -> int:
+        """Lines waiting for the flusher."""
+        return self._writer.lines if self._writer is not None else len(self._pending)
+
     def _take(self, yielding: bool = False) -> bytes:
         """Render and encode every pending record; ``yielding`` lets requests run between chunks."""
+        if self._writer is not None:  # rendered already, as each request ended
+            data, lines = self._writer.take()
+            self.written += lines
+            return data  # type: ignore[no-any-return]
         pending = self._pending
         if not pending:
             return b""

@@ -429,11 +429,7 @@ def merge_snapshots(snapshots: Iterable[list[list[Any]]]) -> StatsStore:
                 hist = merged.histogram(scope, name)
                 if tuple(value["bounds"]) != hist.bounds:
                     hist.bounds = tuple(value["bounds"])
-                    hist.counts = [0] * (len(hist.bounds) + 1)
-                for index, n in enumerate(value["counts"]):
-                    hist.counts[index] += n
-                hist.sum += value["sum"]
-                hist.count += value["count"]
+                hist.merge(list(value["counts"]), value["sum"], value["count"])
             elif kind == "g":
                 merged.gauge(scope, name).inc(value)
             else:

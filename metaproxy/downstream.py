@@ -24,6 +24,7 @@ from metaproxy.codec import DONE, CodecError, Direction
 from metaproxy.message import ErrorType, MessageType, Metadata, ProxyError, ResponseStatus
 from metaproxy.netio import READ_SIZE, SCRATCH, SCRATCH_VIEW, kernel_socket, send_all, send_now
 from metaproxy.runner import RUNNER
+from metaproxy.stats import ListenerStats
 from metaproxy.upstream.pool import SESSION_KEY, SendOrder
 
 log = logging.getLogger("metaproxy.server")
@@ -107,7 +108,7 @@ class DownstreamConnection:
 
     def run(self) -> None:
         listener = self.listener
-        stats = listener.stats
+        stats: ListenerStats = listener.stats
         sock = self.sock
         buffer = bytearray()
         spawn = listener.multiplexing
@@ -177,7 +178,8 @@ class DownstreamConnection:
         sweeper's slow-request timeout).
         """
         if self.codec.decode(buffer, md) is DONE:
-            self.listener.stats.request_decoding_success.value += 1  # (stats: plain increments on the hot path)
+            stats: ListenerStats = self.listener.stats
+            stats.request_decoding_success.value += 1  # (stats: plain increments on the hot path)
             self.partial_since = 0.0
             return True
         if not self.partial_since:
@@ -237,7 +239,7 @@ class DownstreamConnection:
             self._close_if_done()
 
     def _decode_failed(self, md: Metadata, exc: CodecError) -> None:
-        stats = self.listener.stats
+        stats: ListenerStats = self.listener.stats
         stats.request_decoding_error.inc()
         log.warning("listener %s: bad request bytes from %s: %s; closing the connection",
                     self.listener.name, self.peer, exc)
@@ -288,7 +290,7 @@ class DownstreamConnection:
     def begin(self, md: Metadata, order: Any = None) -> RequestContext:
         """Count the request and make its context (the first half of :meth:`serve`)."""
         listener = self.listener
-        stats = listener.stats
+        stats: ListenerStats = listener.stats
         stats.request.value += 1  # (stats: plain increments on the hot path)
         stats.request_active.value += 1
         self.active += 1
@@ -320,7 +322,7 @@ class DownstreamConnection:
     def finish(self, ctx: RequestContext, error: ProxyError | None) -> bytearray:
         """Response filters, the reply's bytes, stats and observers (the second half of :meth:`serve`)."""
         listener = self.listener
-        stats = listener.stats
+        stats: ListenerStats = listener.stats
         md = ctx.metadata
         codec = self.codec
         oneway = md.get("message_type") is _ONEWAY

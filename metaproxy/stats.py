@@ -9,7 +9,6 @@ one thread), no string formatting, no dict lookups by name. Exposition
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterator
 
 #: Latency bucket bounds in milliseconds (Envoy's default histogram buckets).
@@ -54,33 +53,35 @@ def _search_keys(bounds: tuple[float | int, ...]) -> tuple[float, ...]:
     return keys
 
 
-#: Values a histogram holds unfolded at most (then ``observe`` folds them into the buckets).
-FOLD_AT = 2048
+class _Bucket:
+    """One bucket's count: a native int field, so counting allocates nothing (a list of ints would
+    box a new int object on every increment past 256)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
 
 
 class Histogram:
     """Bucket counts (not cumulative) plus sum and count; quantiles estimated on read.
 
-    Observing a value appends it to ``pending``: one C-level call on the hot
-    path, where searching the bucket and updating three fields cost a Python
-    call and a dozen bytecodes per histogram, and a request observes three.
-    :meth:`fold` sorts the pending values and counts each bucket with one
-    binary search per bound; every read of ``counts``, ``sum`` or ``count``
-    folds first, so readers never see stale figures. A hot path that appends
-    to ``pending`` itself must fold at ``FOLD_AT`` values (see
-    :meth:`ListenerStats.request_done`), which bounds the memory.
-    ``bounds`` keeps the values as given, so the exposition prints ``10``,
-    not ``10.0``; the search uses a float copy (``_keys``).
+    ``observe`` counts the value at once: a scan of the bounds from the lowest (latencies
+    fall in the first few buckets), which compiled (mypyc) is a loop over C doubles. Values
+    at or under a bound count in its bucket (Prometheus ``le``); above the last, in the
+    overflow bucket. ``bounds`` keeps the values as given, so the exposition prints ``10``,
+    not ``10.0``; the scan uses a float copy (``keys``, shared by histograms with the same
+    bounds, so one scan can serve two: :meth:`ListenerStats.request_done`).
     """
 
-    __slots__ = ("_bounds", "_keys", "_counts", "_sum", "_count", "pending")
+    __slots__ = ("_bounds", "keys", "_buckets", "sum", "count")
 
     def __init__(self, bounds: tuple[float | int, ...] = DEFAULT_BUCKETS_MS) -> None:
-        self.pending: list[float] = []
-        self.bounds = bounds
-        self._counts = [0] * (len(bounds) + 1)
-        self._sum = 0.0
-        self._count = 0
+        self.sum = 0.0
+        self.count = 0
+        self._bounds: tuple[float | int, ...] = tuple(bounds)
+        self.keys: tuple[float, ...] = _search_keys(bounds)
+        self._buckets: list[_Bucket] = [_Bucket() for _ in range(len(bounds) + 1)]
 
     # ``float | int``, not ``float``: compiled, a float-typed value is a C double and 10 would print 10.0.
     @property
@@ -89,70 +90,44 @@ class Histogram:
 
     @bounds.setter
     def bounds(self, bounds: tuple[float | int, ...]) -> None:
-        if self.pending:
-            self.fold()  # values observed under the old bounds count in the old buckets
-        self._bounds = bounds
-        self._keys = _search_keys(bounds)
-
-    def observe(self, value: float) -> None:
-        pending = self.pending
-        pending.append(value)
-        if len(pending) >= FOLD_AT:
-            self.fold()
-
-    def fold(self) -> None:
-        """Count the pending values into the buckets."""
-        pending = self.pending
-        if not pending:
-            return
-        self.pending = []
-        pending.sort()
-        counts = self._counts
-        total = len(pending)
-        below = 0  # pending values at or under the previous bound
-        for index, key in enumerate(self._keys):
-            upto = bisect_right(pending, key)
-            counts[index] += upto - below
-            below = upto
-            if below == total:
-                break
-        else:
-            counts[-1] += total - below
-        self._sum += sum(pending)
-        self._count += total
+        """New bounds (from config or another worker's snapshot): the counts start again."""
+        self._bounds = tuple(bounds)
+        self.keys = _search_keys(bounds)
+        self._buckets = [_Bucket() for _ in range(len(bounds) + 1)]
+        self.sum = 0.0
+        self.count = 0
 
     @property
     def counts(self) -> list[int]:
-        if self.pending:
-            self.fold()
-        return self._counts
+        """Per bucket (the last is above every bound), a copy."""
+        return [bucket.n for bucket in self._buckets]
 
-    @counts.setter
-    def counts(self, counts: list[int]) -> None:
-        self.fold()
-        self._counts = counts
+    def bucket(self, value: float) -> int:
+        """The index of the bucket ``value`` counts in."""
+        keys = self.keys
+        index = 0
+        n = len(keys)
+        while index < n and value > keys[index]:
+            index += 1
+        return index
 
-    @property
-    def sum(self) -> float:
-        if self.pending:
-            self.fold()
-        return self._sum
+    def observe(self, value: float) -> None:
+        self.count_in(self.bucket(value), value)
 
-    @sum.setter
-    def sum(self, value: float) -> None:
-        self.fold()
-        self._sum = value
+    def count_in(self, index: int, value: float) -> None:
+        """Count ``value`` in bucket ``index`` (of these bounds: see :meth:`bucket`)."""
+        self._buckets[index].n += 1
+        self.sum += value
+        self.count += 1
 
-    @property
-    def count(self) -> int:
-        if self.pending:
-            self.fold()
-        return self._count
-
-    @count.setter
-    def count(self, value: int) -> None:
-        self.fold()
-        self._count = value
+    def merge(self, counts: list[int], total: float, count: int) -> None:
+        """Add another histogram's figures (same bounds), e.g. a worker's snapshot."""
+        if len(counts) != len(self._buckets):
+            raise ValueError(f"{len(counts)} bucket counts for {len(self._buckets)} buckets")
+        for bucket, n in zip(self._buckets, counts, strict=True):
+            bucket.n += n
+        self.sum += total
+        self.count += count
 
     def quantile(self, q: float) -> float | int:
         """The upper bound of the bucket holding quantile ``q`` (0 when empty)."""
@@ -161,7 +136,7 @@ class Histogram:
             return 0.0
         target = q * count
         seen = 0
-        for index, n in enumerate(self._counts):
+        for index, n in enumerate(self.counts):
             seen += n
             if seen >= target:
                 return self.bounds[index] if index < len(self.bounds) else float("inf")
@@ -262,20 +237,17 @@ class ListenerStats:
 
     def request_done(self, method: str, elapsed_ms: float) -> None:
         """A finished request's latency and method stats in one call (what ``request_time_ms.observe``,
-        ``method()``, ``counter.inc()`` and ``histogram.observe`` do in four).
-
-        The method histograms are folded with the listener's: a method's pending values are
-        never more than the listener's, so they stay bounded too.
-        """
-        counter, histogram = self.method(method)
+        ``method()``, ``counter.inc()`` and ``histogram.observe`` do in four); the bucket is searched
+        once when the method's histogram has the listener's bounds."""
+        counter, histogram = self._methods[method]
         counter.value += 1
-        histogram.pending.append(elapsed_ms)
-        pending = self.request_time_ms.pending
-        pending.append(elapsed_ms)
-        if len(pending) >= FOLD_AT:
-            self.request_time_ms.fold()
-            for _, method_histogram in self._methods.values():
-                method_histogram.fold()
+        listener = self.request_time_ms
+        index = listener.bucket(elapsed_ms)
+        listener.count_in(index, elapsed_ms)
+        if histogram.keys is listener.keys:
+            histogram.count_in(index, elapsed_ms)
+        else:
+            histogram.observe(elapsed_ms)
 
 
 class _MethodTable(dict[str, tuple[Counter, Histogram]]):

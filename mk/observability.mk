@@ -7,7 +7,8 @@
 # builds it too; this rebuilds it when the C source changes, which the install stamp does not see).
 
 OBS_PYTHON ?= .venv/bin/python
-OBS_BENCH_ARGS ?=
+# Pinned (proxy on CPU 0, load on CPU 1), five interleaved rounds: the ratios of docs/observability.md.
+OBS_BENCH_ARGS ?= $(if $(shell test $$(nproc) -ge 2 && echo y),--pin) --rounds 5
 
 .PHONY: bench-observability bench-observability-micro deps-observability test-observability accesslog-ext
 

@@ -21,7 +21,7 @@ from metaproxy.message import ErrorType, MessageType, Metadata, Mutation, ProxyE
 from metaproxy.observer import overriding
 from metaproxy.router import Route
 from metaproxy.runner import RUNNER
-from metaproxy.stats import FOLD_AT
+from metaproxy.stats import ListenerStats
 from metaproxy.upstream.cluster import NO_HEALTHY, Cluster
 from metaproxy.upstream.pool import (
     CONNECT_FAILURE,
@@ -69,7 +69,7 @@ class RouterFilter(Filter):
         self.protocol_key: str = services.get("protocol_key", env.protocol)
         self.codec_factory: Callable[[], Codec] = services.get("upstream_codec_factory")  # type: ignore[assignment]
         self.multiplexing: bool = services.get("multiplexing", True)
-        self.listener_stats = services.get("listener_stats")
+        self.listener_stats: ListenerStats | None = services.get("listener_stats")
         self.observers = services.get("observers", [])
         #: The observers with an upstream hook (the pair is called together: a token passes between them).
         self.upstream_observers = overriding(self.observers, "upstream_start", "upstream_end")
@@ -246,10 +246,7 @@ class RouterFilter(Filter):
             stats.upstream_rq_success.value += 1
         endpoint.active_requests -= 1
         elapsed = (time.monotonic() - started) * 1000.0
-        pending = stats.upstream_rq_time_ms.pending  # (Histogram.observe written out: this runs per request)
-        pending.append(elapsed)
-        if len(pending) >= FOLD_AT:
-            stats.upstream_rq_time_ms.fold()
+        stats.upstream_rq_time_ms.observe(elapsed)
         if cluster.on_result is not None:
             cluster.on_result(endpoint, error)
         if tokens:

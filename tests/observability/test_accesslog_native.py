@@ -440,19 +440,89 @@ def test_request_end_bound_wake_and_filter_in_both_paths(tmp_path, monkeypatch, 
     monkeypatch.setattr(accesslog, "MAX_PENDING_LINES", 5)
     monkeypatch.setattr(accesslog, "WAKE_LINES", 2)
     logger = _logger(tmp_path, "%REQUEST_ID% %DURATION%", native_, flush_interval=60)
-    assert type(logger.request_end).__name__ == ("RequestEnd" if native_ else "function")
+    assert type(logger.request_end).__name__ == ("Writer" if native_ else "function")
     woken = []
-    logger.request_end = logger.plan.make_request_end(  # type: ignore[method-assign]
-        logger, logger._pending, None, 5, 2, lambda: woken.append(len(logger._pending)), lambda: 100.0)
+    wake = lambda: woken.append(logger.pending_lines())  # noqa: E731
+    if native_:
+        logger._writer = logger.request_end = logger.plan.make_writer(  # type: ignore[method-assign]
+            logger, None, 5, 2, wake, lambda: 100.0)
+    else:
+        logger.request_end = logger.plan.make_request_end(  # type: ignore[method-assign]
+            logger, logger._pending, None, 5, 2, wake, lambda: 100.0)
     for i in range(8):
         ctx = RequestContext(Metadata(request_id=i), "in", "p")
         ctx.start_time = 99.0
         ctx.end_time = 99.5 if i % 2 else 0.0  # 0: the logger reads its clock (100.0)
         logger.request_end(ctx)
-    assert woken == [3]  # the wake comes with the record that makes WAKE_LINES + 1 pending
-    assert (len(logger._pending), logger.dropped) == (5, 3)
+    assert woken == [3]  # the wake comes with the line that makes WAKE_LINES + 1 pending
+    assert (logger.pending_lines(), logger.dropped) == (5, 3)
     logger.close()
     assert (tmp_path / f"{native_}.log").read_text().splitlines() == ["0 1000", "1 500", "2 1000", "3 500", "4 1000"]
+
+
+@native
+def test_the_writer_renders_each_line_as_render_does_the_batch(monkeypatch):
+    """Lines rendered one by one as requests end, across takes, are the bytes of one batch render."""
+    from tests.observability.test_accesslog import _varied_contexts
+
+    for fmt in ("json", _EVERY_FIELD):
+        plan = json_renderer(native=True) if fmt == "json" else text_renderer(fmt, native=True)
+        writer = plan.make_writer(object(), None, 1000, 1000, lambda: None, lambda: 0.0)
+        records, taken = [], b""
+        for i, (ctx, end) in enumerate(_varied_contexts()):
+            ctx.end_time = end
+            records.append(plan.capture(ctx, end))
+            writer(ctx)
+            if i % 3 == 2:  # a take between lines starts the copy-from-the-last-line memory again
+                data, lines = writer.take()
+                assert lines == 3 and writer.lines == 0
+                taken += data
+        taken += writer.take()[0]
+        assert taken == plan.render_bytes(records)
+        assert writer.take() == (b"", 0)
+
+
+@native
+def test_a_line_that_fails_to_render_is_dropped_not_raised_into_the_request():
+    plan = text_renderer("%METHOD% %METADATA(x)%", native=True)
+
+    class Logger:
+        dropped = 0
+
+    class Bad:
+        def __str__(self) -> str:
+            raise ValueError("no text")
+
+    unraisable = []
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        logger = Logger()
+        writer = plan.make_writer(logger, None, 10, 5, lambda: None, lambda: 1.0)
+        for method in ("a", Bad(), "b"):
+            ctx = RequestContext(Metadata(method=method, x="v"), "in", "p")
+            ctx.end_time = 1.0
+            assert writer(ctx) is None
+    finally:
+        sys.unraisablehook = old_hook
+    assert writer.take() == (b"a v\nb v\n", 2)
+    assert logger.dropped == 1 and len(unraisable) == 1 and isinstance(unraisable[0].exc_value, ValueError)
+
+
+@native
+def test_a_render_owned_by_a_writer_is_refused_elsewhere():
+    plan = text_renderer("%METHOD%", native=True)
+    render = plan._new_native_render()
+    writer = accesslog._native.Writer(plan.capture, render, object(), None, 10, 5, len, len)
+    with pytest.raises(RuntimeError):
+        render([(("a",),)])
+    with pytest.raises(RuntimeError, match="in use"):
+        accesslog._native.Writer(plan.capture, render, object(), None, 10, 5, len, len)
+    del writer
+    gc.collect()
+    assert render([("a",)]) == b"a\n"  # free again once its writer is gone
+    with pytest.raises(ValueError):
+        accesslog._native.Writer(plan.capture, plan._new_native_render(), object(), None, -1, 5, len, len)
 
 
 @pytest.mark.parametrize("native_", [pytest.param(True, marks=native), False])
@@ -479,15 +549,15 @@ def test_a_filter_that_raises_or_returns_odd_values():
         def __bool__(self) -> bool:
             raise ValueError("no truth")
 
+    plan = json_renderer(native=True)
     for accept, expect in ((lambda c, e: 1 / 0, ZeroDivisionError), (lambda c, e: Falsy(), ValueError)):
-        pending: list = []
-        request_end = accesslog._native.RequestEnd(json_renderer(native=True).capture, object(), pending, accept, 10, 5,
-                                                   lambda: None, lambda: 1.0)
+        writer = plan.make_writer(object(), accept, 10, 5, lambda: None, lambda: 1.0)
         with pytest.raises(expect):
-            request_end(RequestContext(Metadata(), "in", "p"))
-        assert pending == []
+            writer(RequestContext(Metadata(), "in", "p"))
+        assert writer.lines == 0
+        del writer
     with pytest.raises(TypeError):
-        accesslog._native.RequestEnd(json_renderer(native=True).capture, object(), (), None, 10, 5, len, len)
+        accesslog._native.Writer(plan.capture, object(), object(), None, 10, 5, len, len)
 
 
 @native

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from metaproxy.stats import DEFAULT_BUCKETS_MS, FOLD_AT, Histogram, ListenerStats, StatsStore
+import pytest
+
+from metaproxy.stats import DEFAULT_BUCKETS_MS, Histogram, ListenerStats, StatsStore
 
 
 def test_histogram_buckets_are_upper_bound_inclusive_for_floats_and_ints():
@@ -19,8 +21,8 @@ def test_histogram_keeps_its_bounds_as_given_and_searches_new_ones():
     assert hist.bounds == DEFAULT_BUCKETS_MS
     hist.observe(7.0)
     assert store.text() == "s.t: count=1 sum=7.000 P50=10 P99=10\n"  # int bounds print as ints
-    hist.bounds = (100.0, 200.0)  # as merging worker snapshots does
-    hist.counts = [0, 0, 0]
+    hist.bounds = (100.0, 200.0)  # as merging worker snapshots does: the counts start again
+    assert hist.counts == [0, 0, 0]
     hist.observe(150.0)
     assert hist.counts == [0, 1, 0]
 
@@ -64,36 +66,48 @@ def test_request_done_equals_the_four_separate_operations():
     assert fused.text() == separate.text()
     assert a.method("x")[1].counts == b.method("x")[1].counts
     a.method("y")[1].bounds = (1, 2)  # a histogram whose bounds differ is searched on its own
-    a.method("y")[1].counts = [0, 0, 0]
     a.request_done("y", 1.5)
     assert a.method("y")[1].counts == [0, 1, 0]
     assert (a.request_time_ms.count, a.request_time_ms.counts[a.request_time_ms.bounds.index(5)]) == (5, 1)
 
 
-def test_folding_in_batches_counts_like_one_value_at_a_time():
+def test_observe_counts_every_value_in_its_le_bucket():
     import random
     from bisect import bisect_left
 
     rng = random.Random(7)
     bounds = DEFAULT_BUCKETS_MS
-    values = [rng.choice([*bounds, 0.0, 0.25, 99999.0]) if rng.random() < 0.3 else rng.uniform(0, 70000)
-              for _ in range(3 * FOLD_AT + 17)]
+    values = [rng.choice([*bounds, 0.0, 0.25, 99999.0, -1.0]) if rng.random() < 0.3 else rng.uniform(0, 70000)
+              for _ in range(5000)]
     hist = Histogram(bounds)
     expected = [0] * (len(bounds) + 1)
     for value in values:
         hist.observe(value)
-        expected[bisect_left([float(b) for b in bounds], value)] += 1
-        assert len(hist.pending) < FOLD_AT  # observe folds before the pending values reach the bound
+        expected[bisect_left([float(b) for b in bounds], value)] += 1  # a value equal to a bound is in its bucket
     assert hist.counts == expected and hist.count == len(values)
     assert abs(hist.sum - sum(values)) < 1e-6 * sum(values)
-    assert hist.pending == []
 
 
-def test_request_done_folds_the_method_histograms_with_the_listeners():
+def test_request_done_counts_the_listener_and_the_method():
     ls = ListenerStats(StatsStore(), "in")
-    for n in range(FOLD_AT):
+    for n in range(100):
         ls.request_done("m" if n % 2 else "n", 3.0)
-    assert ls.request_time_ms.pending == [] and ls.method("m")[1].pending == [] == ls.method("n")[1].pending
-    assert ls.method("m")[1]._counts[2] == FOLD_AT // 2  # folded, before anything read it
-    ls.request_done("m", 3.0)
-    assert ls.method("m")[1].count == FOLD_AT // 2 + 1  # a read folds what is pending
+    assert ls.method("m")[1].counts[2] == 50 and ls.method("m")[0].value == 50
+    assert ls.request_time_ms.count == 100 and ls.request_time_ms.sum == 300.0
+    hist = ls.method("m")[1]
+    hist.bounds = (1, 2)  # new bounds: the counts start again, one bucket more than bounds
+    assert hist.counts == [0, 0, 0] and hist.bounds == (1, 2) and (hist.count, hist.sum) == (0, 0.0)
+    ls.request_done("m", 1.5)  # its bounds differ from the listener's: searched on its own
+    assert hist.counts == [0, 1, 0] and ls.method("m")[0].value == 51
+    assert ls.request_time_ms.counts[ls.request_time_ms.bounds.index(5)] == 101
+
+
+def test_merge_adds_another_histograms_figures():
+    a, b = Histogram((1, 2)), Histogram((1, 2))
+    for v in (0.5, 1.5, 9.0):
+        a.observe(v)
+    b.observe(1.0)
+    b.merge(a.counts, a.sum, a.count)
+    assert (b.counts, b.sum, b.count) == ([2, 1, 1], 12.0, 4)
+    with pytest.raises(ValueError, match="bucket counts"):
+        b.merge([1], 1.0, 1)
